@@ -1,0 +1,71 @@
+"""Entry point of the `ssl3d` command.
+
+Each subcommand lives in its own module and is imported only when it runs, so
+`ssl3d --help` answers without importing TensorFlow.
+"""
+
+import importlib
+import os
+import sys
+
+import click
+
+from ssl3d_keras import __version__
+from ssl3d_keras.errors import Ssl3dError
+
+# Subcommand name -> "module:attribute", with the one-line help shown by --help.
+COMMANDS = {
+    "pretrain": ("ssl3d_keras.cli.pretrain:pretrain", "Pretrain an encoder with a proxy task."),
+    "finetune": ("ssl3d_keras.cli.finetune:finetune", "Fine-tune an encoder downstream."),
+    "export": ("ssl3d_keras.cli.export:export", "Export a run as preset, SavedModel, TF Hub archive."),
+    "prepare": ("ssl3d_keras.cli.prepare:prepare", "Preprocess a dataset into TFRecord shards."),
+    "phantoms": ("ssl3d_keras.cli.phantoms:phantoms", "Write synthetic phantoms as a Decathlon dataset."),
+    "show": ("ssl3d_keras.cli.show:show", "Draw phantoms or one example of a proxy task to a PNG."),
+    "benchmark": ("ssl3d_keras.cli.benchmark:benchmark", "Measure pipeline and training speed here."),
+    "zoo": ("ssl3d_keras.cli.zoo:zoo", "List, describe and build the pretrained encoders."),
+    "info": ("ssl3d_keras.cli.info:info", "Print versions, devices and the registered tasks."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_text) for name, (_, help_text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Ssl3dError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ssl3d")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors in your input.")
+@click.pass_context
+def cli(ctx, debug):
+    """3D self-supervised pretraining for medical imaging (Taleb et al., NeurIPS 2020).
+
+    With no --data, `pretrain` runs on synthetic phantoms, so a first run needs
+    no download:
+
+        ssl3d pretrain rotation --out runs/rot
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug

@@ -1,0 +1,166 @@
+"""Dataclass configs read from TOML or JSON, with strict keys.
+
+Every config in the project is a (possibly nested) dataclass. ``from_dict``
+builds one from plain data and rejects an unknown key by name, suggesting the
+closest known one, because the old code silently ignored typos.
+
+Example:
+
+>>> @dataclasses.dataclass
+... class Optim:
+...     learning_rate: float = 1e-4
+>>> from_dict(Optim, {"learning_rate": 1e-3})
+Optim(learning_rate=0.001)
+"""
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from ssl3d_keras.errors import ConfigError
+
+
+def closest(name, choices):
+    """Return `" (did you mean 'x'?)"` for the closest of `choices`, or `""`."""
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def from_dict(cls, data, prefix=""):
+    """Build dataclass `cls` from a mapping, recursing into nested dataclasses.
+
+    Args:
+        cls: a dataclass type.
+        data: a mapping of field names to values; missing fields keep defaults.
+        prefix: dotted path of `data` inside the whole config, for messages.
+
+    Returns:
+        An instance of `cls`.
+
+    Raises:
+        ConfigError: a key is not a field of `cls`, or a value has the wrong type.
+    """
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or cls.__name__, f"expected a table of keys. Received: {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            raise ConfigError(dotted, f"unknown key{closest(key, fields)}; "
+                              f"known keys: {', '.join(sorted(fields))}")
+        values[key] = _coerce(hints[key], value, dotted)
+    return cls(**values)
+
+
+def _coerce(hint, value, dotted):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, dotted)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, dotted)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if errors else ConfigError(dotted, f"invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(dotted, f"must be one of {list(args)}{closest(value, args)}. "
+                              f"Received: {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(dotted, f"expected a list. Received: {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(dotted, f"expected {len(args)} values. Received: {value!r}")
+            return tuple(_coerce(a, v, dotted) for a, v in zip(args, value, strict=True))
+        item = args[0] if args else typing.Any
+        return origin(_coerce(item, v, dotted) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(dotted, f"expected a table. Received: {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(dotted, f"expected true or false. Received: {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(dotted, f"expected an integer. Received: {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(dotted, f"expected a number. Received: {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(dotted, f"expected a string. Received: {value!r}")
+        return value
+    return value
+
+
+def to_dict(config):
+    """Plain, JSON-ready dict of a dataclass config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def read_config_file(path):
+    """Read a `.toml` or `.json` file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, has another suffix, or does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "config file not found")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(str(path), f"does not parse: {e}") from None
+    raise ConfigError(str(path), f"expected a .toml or .json file. Received suffix {path.suffix!r}")
+
+
+def apply_overrides(data, overrides):
+    """Apply `key.sub=value` strings to a nested dict, in place; returns it.
+
+    Values are parsed as TOML values where they parse (`3`, `1e-4`, `true`,
+    `[1, 2]`, `"x"`), else kept as bare strings.
+
+    Raises:
+        ConfigError: an override has no `=`.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, f"'{part}' is a value, not a table")
+        node[parts[-1]] = value
+    return data

@@ -1,0 +1,168 @@
+"""The base class every proxy task derives from.
+
+A task is a `keras.Model` around a shared encoder. It owns three things:
+
+- `transform(volume, seed, training)`: pure-TF, graph-safe, stateless-seeded
+  function of ONE volume that makes one proxy example `(inputs, target)`.
+  The tf.data pipeline maps it over volumes, then batches.
+- `call(inputs, training)`: the network on a batch of `inputs`.
+- `loss_and_accuracy(target, outputs)`: the proxy loss (a float32 scalar,
+  mean over the local batch) and a proxy accuracy (float32 scalar).
+
+Everything else (the custom training loop, `model.fit`, checkpoints, export)
+only uses this interface, so adding a sixth task is one file.
+"""
+
+import keras
+import tensorflow as tf
+
+from ssl3d_keras.errors import ConfigError
+
+# Keyword arguments keras itself passes to a model constructor.
+_KERAS_KWARGS = ("name", "trainable", "dtype")
+
+
+class ProxyTask(keras.Model):
+    """Base class of the proxy tasks.
+
+    Args:
+        input_shape: tuple, shape of one volume given to `transform`:
+            `(D, H, W, C)` for 3D or `(H, W, C)` for 2D.
+        encoder: a `keras.Model` mapping `(batch, *spatial, C)` to features,
+            or a dict of `UNetEncoder` arguments, or `None` for the paper's
+            U-Net encoder. The encoder is shared by every patch of a task.
+        **kwargs: only `name`, `trainable` and `dtype`; any other key is a
+            `ConfigError` that names it (Keras models accept unknown keys
+            silently, which hid typos in the old code).
+
+    Subclasses set `task_name` (through `@register_task`) and implement
+    `transform`, `call`, `loss_and_accuracy` and `chance_accuracy`.
+    """
+
+    task_name = None
+
+    def __init__(self, input_shape, encoder=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(_KERAS_KWARGS))
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__}.{unknown[0]}",
+                f"unknown argument(s) {unknown} for task '{self.task_name}'",
+            )
+        super().__init__(**kwargs)
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) not in (3, 4):
+            raise ConfigError(
+                "input_shape",
+                "expected (D, H, W, C) for 3D or (H, W, C) for 2D. "
+                f"Received: input_shape={input_shape}",
+            )
+        self.volume_shape = input_shape
+        self.dim = len(input_shape) - 1
+        self.channels = input_shape[-1]
+        self.encoder = self._make_encoder(encoder)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    def _make_encoder(self, encoder):
+        if isinstance(encoder, keras.Model):
+            return encoder
+        from ssl3d_keras.models import UNetEncoder
+
+        if encoder is None:
+            encoder = {}
+        if isinstance(encoder, dict) and "class_name" in encoder:
+            return keras.saving.deserialize_keras_object(encoder)
+        if not isinstance(encoder, dict):
+            raise ConfigError("encoder", f"expected a keras.Model or a dict. Received: {encoder!r}")
+        config = {"input_channels": self.channels, "dim": self.dim, **encoder}
+        return UNetEncoder(**config)
+
+    # --- what each task implements -------------------------------------------------------
+
+    def transform(self, volume, seed, training=True):
+        """One proxy example from one volume.
+
+        Args:
+            volume: float32 tensor `(D, H, W, C)` (3D) or `(H, W, C)` (2D).
+            seed: int32 tensor of shape `[2]`; the same seed gives the same example.
+            training: bool (Python); evaluation makes a deterministic example.
+
+        Returns:
+            `(inputs, target)` for one example (no batch axis).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement transform()")
+
+    def loss_and_accuracy(self, target, outputs):
+        """Proxy loss and accuracy of a batch.
+
+        Returns:
+            `(loss, accuracy)`: float32 scalars, means over the local batch.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement loss_and_accuracy()")
+
+    @property
+    def chance_accuracy(self):
+        """The proxy accuracy of guessing (e.g. 1/10 for 3D rotation)."""
+        raise NotImplementedError(f"{type(self).__name__} must define chance_accuracy")
+
+    # --- shared machinery ----------------------------------------------------------------
+
+    def compute_loss_and_metrics(self, inputs, target, training=False):
+        """Forward pass, proxy loss (plus any regularisation losses) and accuracy.
+
+        Returns:
+            `(loss, metrics)` with `loss` a float32 scalar (local batch mean) and
+            `metrics` a dict of float32 scalars with keys `loss` and `accuracy`.
+        """
+        outputs = self(inputs, training=training)
+        loss, accuracy = self.loss_and_accuracy(target, outputs)
+        loss = tf.cast(loss, tf.float32)
+        if self.losses:
+            loss = loss + tf.add_n([tf.cast(x, tf.float32) for x in self.losses])
+        return loss, {"loss": loss, "accuracy": tf.cast(accuracy, tf.float32)}
+
+    def train_step(self, data):
+        inputs, target = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss, metrics = self.compute_loss_and_metrics(inputs, target, training=True)
+            # Mean over the global batch: each replica contributes 1/replicas.
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_trackers(metrics)
+
+    def test_step(self, data):
+        inputs, target = data
+        _, metrics = self.compute_loss_and_metrics(inputs, target, training=False)
+        return self._update_trackers(metrics)
+
+    def _update_trackers(self, metrics):
+        self.loss_tracker.update_state(metrics["loss"])
+        self.accuracy_tracker.update_state(metrics["accuracy"])
+        return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def build_from_example(self):
+        """Create every weight by running one evaluation example through the model."""
+        volume = tf.zeros(self.volume_shape, tf.float32)
+        inputs, _ = self.transform(volume, tf.constant([0, 0], tf.int32), training=False)
+        batch = tf.nest.map_structure(lambda x: x[tf.newaxis], inputs)
+        self(batch, training=False)
+        return self
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "input_shape": list(self.volume_shape),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
