@@ -1,0 +1,228 @@
+"""`prepare_dataset`: a dataset on disk -> preprocessed TFRecord shards + manifest.json.
+
+Cases stream one at a time (load -> preprocess -> write to the current shard),
+so memory does not grow with the number of cases. Shards are renamed into
+place when complete and `manifest.json` is written last: a prepare that is
+killed leaves no manifest, and readers (which start from the manifest) see
+nothing half-made. An existing manifest is never replaced unless asked.
+
+Example:
+
+>>> from ssl3d_keras.data.prepare import prepare_dataset
+>>> from ssl3d_keras.data.preprocess import PreprocessConfig
+>>> manifest = prepare_dataset(                                   # doctest: +SKIP
+...     "Task07_Pancreas", "prepared/pancreas",
+...     preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0), normalize="ct",
+...                                 ct_window=(-100, 240), crop_foreground=True),
+...     on_error="skip")
+"""
+
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ssl3d_keras import __version__
+from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.data.preprocess import PreprocessConfig
+from ssl3d_keras.data.preprocess import preprocess as preprocess_case
+from ssl3d_keras.data.sources import discover
+from ssl3d_keras.errors import ConfigError, DataError
+
+SHARD_PREFIX = "shard"
+
+
+def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="fail",
+                    examples_per_shard=16, progress=True, overwrite=False, **discover_kwargs):
+    """Preprocess every case of a dataset into TFRecord shards and write the manifest.
+
+    Args:
+        src: dataset path (see `ssl3d_keras.data.sources.discover`).
+        out_dir: output folder (created). Holds `shard-00000.tfrecord`, ... and
+            `manifest.json`.
+        preprocess: a `PreprocessConfig` (or a dict of its fields). Default
+            `PreprocessConfig()` (z-score over the nonzero voxels, nothing else).
+        layout: dataset layout, `"auto"` to detect.
+        on_error: `"fail"` raises the first `DataError` of a case (and removes
+            the shards written so far); `"skip"` leaves the case out and lists
+            it with the reason in `manifest["skipped"]`.
+        examples_per_shard: cases per shard file.
+        progress: draw a progress bar over the cases on stderr.
+        overwrite: replace an existing prepared dataset in `out_dir` (its
+            manifest and shards; other files are left alone).
+        **discover_kwargs: `modalities`, `slice_axis`, `four_d` for `discover`.
+
+    Returns:
+        The manifest dict (also written to `out_dir/manifest.json`).
+
+    Raises:
+        DataError: a bad case with `on_error="fail"`, no case could be
+            prepared, the dataset is not found, or `out_dir` already holds a
+            prepared dataset and `overwrite` is False.
+        ConfigError: an invalid option.
+    """
+    from ssl3d_keras.data import shards as shard_io
+
+    if on_error not in ("fail", "skip"):
+        raise ConfigError("on_error", f"must be 'fail' or 'skip'. Received: {on_error!r}")
+    config = from_dict(PreprocessConfig, preprocess or {}, "preprocess")
+    out_dir = Path(out_dir)
+    source = discover(src, layout=layout, **discover_kwargs)
+    _clear_out_dir(out_dir, overwrite, shard_io)
+
+    cases, skipped = [], []
+    channels = None
+    hashes = {}
+    writer = shard_io.ShardWriter(out_dir, prefix=SHARD_PREFIX,
+                                  examples_per_shard=examples_per_shard)
+    try:
+        with writer, _progress(source.cases, progress) as bar:
+            for case in bar:
+                try:
+                    loaded = source.load(case)
+                    if channels is not None and loaded.image.shape[-1] != channels:
+                        raise DataError(case.case_id, f"has {loaded.image.shape[-1]} channels, "
+                                        f"the cases before it {channels}")
+                    image, label, info = preprocess_case(
+                        loaded.image, loaded.label, loaded.spacing, config,
+                        affine=loaded.affine, case_id=case.case_id)
+                    sha = {p: _sha256(p, hashes, shard_io) for p in loaded.sources}
+                except DataError as e:
+                    if on_error == "fail":
+                        raise
+                    skipped.append({"id": case.case_id, "sources": _case_files(case),
+                                    "reason": str(e)})
+                    continue
+                channels = image.shape[-1]
+                shard = writer.write(case.case_id, image, label)
+                cases.append(_case_entry(case, loaded, info, sha, shard))
+                del loaded, image, label
+        if not cases:
+            first = f"; first: {skipped[0]['reason']}" if skipped else ""
+            raise DataError(src, f"no case could be prepared ({len(skipped)} skipped{first})")
+    except BaseException:
+        for shard in writer.shards:  # a failed prepare leaves no shards behind
+            (out_dir / shard["path"]).unlink(missing_ok=True)
+        raise
+
+    manifest = {
+        "format": shard_io.MANIFEST_FORMAT,
+        "dim": source.dim,
+        "channels": int(channels),
+        "channel_names": list(source.channel_names),
+        "label_names": (None if source.label_names is None
+                        else {str(k): v for k, v in sorted(source.label_names.items())}),
+        "layout": source.layout,
+        "source": str(src),
+        "shards": writer.shards,
+        "cases": cases,
+        "skipped": skipped,
+        "preprocessing": {**to_dict(config), "layout": source.layout,
+                          "discover": {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in discover_kwargs.items()}},
+        "created_by": _versions(),
+    }
+    shard_io.write_manifest(out_dir, manifest)
+    return manifest
+
+
+def summary_line(manifest, out_dir):
+    """One line saying what `prepare_dataset` made."""
+    n_skipped = len(manifest["skipped"])
+    return (f"prepared {len(manifest['cases'])} cases into {len(manifest['shards'])} shards at "
+            f"{out_dir} ({n_skipped} skipped{': see manifest.json' if n_skipped else ''})")
+
+
+def _case_entry(case, loaded, info, sha, shard):
+    entry = {
+        "id": case.case_id,
+        "sources": list(loaded.sources),
+        "sha256": [sha[p] for p in loaded.sources],
+        "original_shape": info["original_shape"],
+        "final_shape": info["final_shape"],
+        "original_spacing": [float(s) for s in loaded.spacing],
+        "spacing": info["spacing"],
+        "affine": info["affine"],
+        "has_label": loaded.label is not None,
+        "crop_box": info["crop_box"],
+        "pad_crop": info.get("pad_crop"),
+        "normalization": info["normalization"],
+        "shard": shard,
+    }
+    if case.grade is not None:
+        entry["grade"] = int(case.grade)
+    return entry
+
+
+def _case_files(case):
+    return [*case.images, *([case.label] if case.label else [])]
+
+
+def _sha256(path, cache, shard_io):
+    # Slices of one volume share its files: hash each file once, keep the cache small.
+    if path not in cache:
+        if len(cache) > 256:
+            cache.clear()
+        cache[path] = shard_io.file_sha256(path)
+    return cache[path]
+
+
+def _clear_out_dir(out_dir, overwrite, shard_io):
+    """Refuse to clobber a prepared dataset; with `overwrite`, remove only its files."""
+    manifest_path = out_dir / shard_io.MANIFEST_NAME
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DataError(out_dir, "output path exists and is not a folder")
+    leftovers = sorted(p for p in out_dir.iterdir()
+                       if p.name.startswith(f"{SHARD_PREFIX}-") and ".tfrecord" in p.name)
+    if manifest_path.exists() and not overwrite:
+        raise DataError(out_dir, "already holds a prepared dataset (manifest.json); pass "
+                        "--overwrite (overwrite=True) to replace it, or choose another folder")
+    if leftovers and not overwrite:
+        raise DataError(out_dir, f"holds {len(leftovers)} shard files but no manifest.json "
+                        f"(an interrupted prepare?); pass --overwrite (overwrite=True) to "
+                        f"replace them, or choose another folder")
+    listed = []
+    if manifest_path.exists():
+        try:
+            listed = [s["path"] for s in shard_io.read_manifest(out_dir).get("shards", [])]
+        except (DataError, KeyError, TypeError):
+            listed = []
+        manifest_path.unlink()  # first, so an interrupted overwrite leaves no stale manifest
+    for name in {*listed, *(p.name for p in leftovers)}:
+        target = out_dir / Path(name).name
+        if target.is_file():
+            target.unlink()
+
+
+class _NoBar:
+    def __init__(self, items):
+        self.items = items
+
+    def __enter__(self):
+        return self.items
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(items, show):
+    if not show:
+        return _NoBar(items)
+    import click
+
+    return click.progressbar(items, label="preparing", file=sys.stderr, show_pos=True,
+                             item_show_func=lambda c: c.case_id if c is not None else "")
+
+
+def _versions():
+    import nibabel
+    import scipy
+    import tensorflow as tf
+
+    return {"ssl3d_keras": __version__, "python": platform.python_version(),
+            "numpy": np.__version__, "scipy": scipy.__version__,
+            "nibabel": nibabel.__version__, "tensorflow": tf.__version__,
+            "platform": f"{platform.system()}-{platform.machine()}"}
