@@ -27,8 +27,34 @@ COMMANDS = {
 }
 
 
+def import_tensorflow_quietly():
+    """Import TensorFlow with its native start-up lines (oneDNN, CUDA probing) silenced.
+
+    Those lines are written to file descriptor 2 before TensorFlow's logging
+    is initialised, so TF_CPP_MIN_LOG_LEVEL cannot hide them; they alarm users
+    on every CPU-only run. Python errors raised by the import still surface.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
+
+    def resolve_command(self, ctx, args):
+        wants_help = any(a in ("-h", "--help") for a in args)
+        if not wants_help and not ctx.params.get("debug"):
+            import_tensorflow_quietly()
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx):
         return list(COMMANDS)

@@ -1,0 +1,1 @@
+"""The performance suite: pipeline throughput and training-step speed on this machine."""

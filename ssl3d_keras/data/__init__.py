@@ -1,0 +1,1 @@
+"""Data: NIfTI I/O, dataset layouts, preprocessing, shards, phantoms and tf.data pipelines."""

@@ -1,0 +1,1 @@
+"""Plots a person looks at: phantoms with label overlays, one example of each proxy task."""
