@@ -1,0 +1,272 @@
+"""The U-Net encoder of Taleb et al. (2020): the backbone every proxy task shares.
+
+One implementation serves 2D and 3D (`dim`). Spatial dimensions are dynamic
+unless `input_size` is given, so one set of weights runs on patches and on
+whole volumes.
+"""
+
+import math
+
+import keras
+
+from ssl3d_keras.errors import ConfigError
+
+NORMS = ("batch", "group", "instance", "none")
+
+# Keyword arguments keras itself passes to a model constructor.
+_KERAS_KWARGS = ("trainable", "dtype")
+
+
+def _norm_layer(norm, filters, name, dtype):
+    if norm == "batch":
+        return keras.layers.BatchNormalization(name=name, dtype=dtype)
+    if norm == "group":
+        # At most 8 groups, and always a divisor of `filters` (tiny test encoders).
+        return keras.layers.GroupNormalization(groups=math.gcd(filters, 8), name=name, dtype=dtype)
+    if norm == "instance":
+        return keras.layers.GroupNormalization(groups=-1, name=name, dtype=dtype)
+    return None
+
+
+@keras.saving.register_keras_serializable(package="ssl3d")
+class UNetEncoder(keras.Model):
+    """U-Net encoder (contracting path), 2D or 3D.
+
+    Level `l` (0-based, `0..depth-1`) has two blocks
+    `Conv(3, same) -> ReLU -> Norm` with `base_filters * 2**l` filters, a
+    Dropout between the two blocks and a MaxPool(2) after the level. Then a
+    bottleneck level of two blocks with `bottleneck_filters`, then one more
+    MaxPool(2) if `final_pool`. The paper encoder (the defaults) has
+    16/32/64/128 filters, a 256-filter bottleneck and about 3.54 M parameters
+    for one input channel.
+
+    Args:
+        input_channels: int, number of image channels `C`. Default 1.
+        dim: int, 2 or 3 spatial dimensions. Default 3.
+        depth: int >= 1, number of levels before the bottleneck. Default 4.
+        base_filters: int, filters of level 0. Default 16.
+        bottleneck_filters: int or `None`, filters of the bottleneck level;
+            `None` means `base_filters * 2**depth`.
+        norm: `"batch"`, `"group"` (GroupNormalization with `gcd(filters, 8)`
+            groups), `"instance"` (GroupNormalization with one group per
+            channel) or `"none"`. Default `"batch"`.
+        dropout: float in `[0, 1)`, rate of the Dropout between the two blocks
+            of each level (and of the bottleneck). Default 0.5.
+        final_pool: bool, MaxPool(2) after the bottleneck. Default `True`.
+        input_size: `None` (dynamic spatial size), an int (same size on every
+            axis) or a tuple of `dim` ints.
+        name: str, model name. Default `"unet_encoder"`.
+        **kwargs: only `trainable` and `dtype` (a dtype policy such as
+            `"mixed_bfloat16"`, applied to every layer; default: the global
+            policy). Any other key is a `ConfigError` naming it.
+
+    Input shape:
+        `(batch, D, H, W, C)` (3D) or `(batch, H, W, C)` (2D). Every spatial
+        size must be at least `min_input_size = 2**(depth + final_pool)`; sizes
+        divisible by `2**depth` keep the skips aligned for a U-Net decoder.
+
+    Output shape:
+        `(batch, D // s, H // s, W // s, F)` with `s = min_input_size` and
+        `F = bottleneck_filters`.
+
+    Attributes:
+        pyramid_outputs: dict of symbolic tensors, `"skip_1".."skip_{depth}"`
+            (the last block of each level, before pooling) and `"bottleneck"`.
+        min_input_size: int, `2**(depth + final_pool)`.
+        dim, input_channels: as given.
+
+    Raises:
+        ConfigError: an invalid argument or an unknown keyword argument.
+        ConfigError (a `ValueError`): a call on an input whose rank,
+            channels or spatial size cannot be used (key `"input_shape"`).
+
+    Example:
+    ```python
+    from ssl3d_keras.models import UNetEncoder
+    encoder = UNetEncoder(input_channels=1, depth=2, base_filters=4)
+    features = encoder(np.zeros((2, 32, 32, 32, 1), "float32"))  # (2, 4, 4, 4, 16)
+    ```
+    """
+
+    def __init__(
+        self,
+        input_channels=1,
+        dim=3,
+        depth=4,
+        base_filters=16,
+        bottleneck_filters=None,
+        norm="batch",
+        dropout=0.5,
+        final_pool=True,
+        input_size=None,
+        name="unet_encoder",
+        **kwargs,
+    ):
+        unknown = sorted(set(kwargs) - set(_KERAS_KWARGS))
+        if unknown:
+            raise ConfigError(
+                f"UNetEncoder.{unknown[0]}", f"unknown argument(s) {unknown}. Received: {kwargs}"
+            )
+        _check_int("input_channels", input_channels, 1)
+        if dim not in (2, 3):
+            raise ConfigError("dim", f"expected 2 or 3. Received: dim={dim!r}")
+        _check_int("depth", depth, 1)
+        _check_int("base_filters", base_filters, 1)
+        if bottleneck_filters is not None:
+            _check_int("bottleneck_filters", bottleneck_filters, 1)
+        if norm not in NORMS:
+            raise ConfigError("norm", f"expected one of {NORMS}. Received: norm={norm!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ConfigError(
+                "dropout", f"expected a rate in [0, 1). Received: dropout={dropout!r}"
+            )
+        spatial = _spatial_size(input_size, dim)
+        # A dtype policy (e.g. "mixed_bfloat16") applies to every layer; None = global policy.
+        dtype = kwargs.pop("dtype", None)
+        pools = depth + int(bool(final_pool))
+        min_size = 2**pools
+        for size in spatial:
+            if size is not None and size < min_size:
+                raise ConfigError(
+                    "input_size",
+                    f"input size {size} is smaller than 2**{pools} = {min_size} for a "
+                    f"depth-{depth} encoder{' with final pooling' if final_pool else ''}. "
+                    f"Received: input_size={input_size!r}",
+                )
+
+        conv = keras.layers.Conv3D if dim == 3 else keras.layers.Conv2D
+        pool = keras.layers.MaxPooling3D if dim == 3 else keras.layers.MaxPooling2D
+        filters = [base_filters * 2**level for level in range(depth)]
+        filters.append(bottleneck_filters or base_filters * 2**depth)
+
+        inputs = keras.Input(shape=(*spatial, input_channels), name="image")
+        x = inputs
+        pyramid = {}
+        for level, width in enumerate(filters):
+            prefix = "bottleneck" if level == depth else f"level{level + 1}"
+            for block in (1, 2):
+                if block == 2 and dropout > 0:
+                    x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout", dtype=dtype)(x)
+                x = conv(width, 3, padding="same", name=f"{prefix}_conv{block}", dtype=dtype)(x)
+                x = keras.layers.ReLU(name=f"{prefix}_relu{block}", dtype=dtype)(x)
+                norm_layer = _norm_layer(norm, width, f"{prefix}_norm{block}", dtype)
+                if norm_layer is not None:
+                    x = norm_layer(x)
+            if level < depth:
+                pyramid[f"skip_{level + 1}"] = x
+                x = pool(2, name=f"{prefix}_pool", dtype=dtype)(x)
+            else:
+                pyramid["bottleneck"] = x
+        if final_pool:
+            x = pool(2, name="final_pool", dtype=dtype)(x)
+
+        super().__init__(inputs=inputs, outputs=x, name=name, **kwargs)
+        self._dtype_arg = dtype
+        self.input_channels = input_channels
+        self.dim = dim
+        self.depth = depth
+        self.base_filters = base_filters
+        self.bottleneck_filters = bottleneck_filters
+        self.norm = norm
+        self.dropout = dropout
+        self.final_pool = bool(final_pool)
+        self.input_size = input_size
+        self.min_input_size = min_size
+        self.pyramid_outputs = pyramid
+
+    def skips_model(self):
+        """A `keras.Model` from the same input to the skips and the features.
+
+        The model shares this encoder's layers (and weights).
+
+        Returns:
+            `keras.Model` whose output is a dict with the keys of
+            `pyramid_outputs` plus `"features"` (the encoder output).
+        """
+        outputs = {**self.pyramid_outputs, "features": self.output}
+        return keras.Model(self.input, outputs, name=f"{self.name}_skips")
+
+    def _check_input_shape(self, shape):
+        shape = tuple(None if s is None else int(s) for s in shape)
+        expected = self.dim + 2
+        if len(shape) != expected:
+            raise ConfigError(
+                "input_shape",
+                f"{self.name} expects inputs of rank {expected} (batch, *spatial, channels) "
+                f"for dim={self.dim}. Received: input_shape={shape}",
+            )
+        if shape[-1] is not None and shape[-1] != self.input_channels:
+            raise ConfigError(
+                "input_shape",
+                f"{self.name} was built for {self.input_channels} input channel(s); "
+                f"use ssl3d_keras.models.adapt_input_channels to change it. "
+                f"Received: input_shape={shape}",
+            )
+        pools = self.depth + int(self.final_pool)
+        for size in shape[1:-1]:
+            if size is not None and size < self.min_input_size:
+                raise ConfigError(
+                    "input_shape",
+                    f"input size {size} is smaller than 2**{pools} = {self.min_input_size} "
+                    f"for a depth-{self.depth} encoder"
+                    f"{' with final pooling' if self.final_pool else ''}. "
+                    f"Received: input_shape={shape[1:]}",
+                )
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Checked before keras wraps the call, so the error stays one clear line.
+        if getattr(inputs, "shape", None) is not None:
+            self._check_input_shape(inputs.shape)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        self._check_input_shape(tuple(inputs.shape))
+        return super().call(inputs, training=training, mask=mask)
+
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        self._check_input_shape(inputs.shape)
+        return super().compute_output_spec(inputs, training=training, mask=mask)
+
+    def get_config(self):
+        input_size = self.input_size
+        if isinstance(input_size, (tuple, list)):
+            input_size = list(input_size)
+        config = {
+            "input_channels": self.input_channels,
+            "dim": self.dim,
+            "depth": self.depth,
+            "base_filters": self.base_filters,
+            "bottleneck_filters": self.bottleneck_filters,
+            "norm": self.norm,
+            "dropout": self.dropout,
+            "final_pool": self.final_pool,
+            "input_size": input_size,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+        if self._dtype_arg is not None:
+            config["dtype"] = keras.saving.serialize_keras_object(self._dtype_arg)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _check_int(key, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"expected an int >= {minimum}. Received: {key}={value!r}")
+
+
+def _spatial_size(input_size, dim):
+    if input_size is None:
+        return (None,) * dim
+    if isinstance(input_size, int) and not isinstance(input_size, bool):
+        return (input_size,) * dim
+    if isinstance(input_size, (tuple, list)) and len(input_size) == dim:
+        if all(s is None or (isinstance(s, int) and s > 0) for s in input_size):
+            return tuple(input_size)
+    raise ConfigError(
+        "input_size",
+        f"expected None, an int or a tuple of {dim} ints. Received: input_size={input_size!r}",
+    )
