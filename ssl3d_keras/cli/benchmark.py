@@ -1,0 +1,80 @@
+"""`ssl3d benchmark`: measure pipeline throughput and training-step speed on this machine."""
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import click
+
+
+def _training_module():
+    """`ssl3d_keras.benchmark.train`, or None when that suite is not installed."""
+    name = "ssl3d_keras.benchmark.train"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--suite", default="pipeline", show_default=True,
+              type=click.Choice(["pipeline", "train", "all"]),
+              help="pipeline: phantom generation, shard write/read and tf.data crops/s; "
+                   "train: training-step speed of a proxy task; all: both.")
+@click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False),
+              help="Also write the results as JSON to this file.")
+@click.option("--n-volumes", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Phantoms generated and written to temporary shards (pipeline suite).")
+@click.option("--size", default=48, show_default=True, type=click.IntRange(min=8),
+              help="Phantom edge length in voxels (pipeline suite).")
+@click.option("--crop", default=32, show_default=True, type=click.IntRange(min=4),
+              help="Crop edge of the pipeline, and the training input edge (train suite).")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Examples per batch.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Batches (or training steps) per timed run.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per figure after a warm-up; the median is reported (pipeline).")
+@click.option("--task", default="rotation", show_default=True,
+              help="Proxy task of the train suite.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of data and pipeline.")
+def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats, task, seed):
+    """Measure how fast the data pipeline and a training step run on this machine.
+
+    Example:
+
+        ssl3d benchmark --suite all --out results.json
+    """
+    results = {}
+    if suite in ("pipeline", "all"):
+        from ssl3d_keras.benchmark.pipeline import format_pipeline_results, measure_pipeline
+
+        click.echo("Running the pipeline suite ...")
+        results["pipeline"] = measure_pipeline(n_volumes=n_volumes, size=size, crop=crop,
+                                               batch_size=batch_size, steps=steps, seed=seed,
+                                               repeats=repeats)
+        click.echo(format_pipeline_results(results["pipeline"]))
+    if suite in ("train", "all"):
+        train = _training_module()
+        if train is None:
+            click.echo("The training suite is not installed yet "
+                       "(ssl3d_keras.benchmark.train is missing); skipped.")
+            results["train"] = None
+        else:
+            click.echo("Running the train suite ...")
+            results["train"] = train.measure_training(task=task, size=crop,
+                                                      batch_size=batch_size, steps=steps)
+            if hasattr(train, "format_results"):
+                click.echo(train.format_results([results["train"]]))
+            else:
+                click.echo(json.dumps(results["train"], indent=2, default=str))
+    if out_json:
+        path = Path(out_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+        click.echo(f"Wrote {path}")
