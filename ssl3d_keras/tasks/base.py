@@ -130,7 +130,7 @@ class ProxyTask(keras.Model):
             scaled = self.optimizer.scale_loss(loss / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._update_trackers(metrics)
 
     def test_step(self, data):
@@ -166,3 +166,24 @@ class ProxyTask(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+class ClassificationTask(ProxyTask):
+    """A proxy task whose target is one of `num_classes` classes (rotation, jigsaw, RPL).
+
+    `call` returns float32 logits `(batch, num_classes)`; the loss is sparse
+    categorical cross-entropy and the accuracy top-1.
+    """
+
+    @property
+    def num_classes(self):
+        raise NotImplementedError(f"{type(self).__name__} must define num_classes")
+
+    @property
+    def chance_accuracy(self):
+        return 1.0 / self.num_classes
+
+    def loss_and_accuracy(self, target, outputs):
+        loss = keras.losses.sparse_categorical_crossentropy(target, outputs, from_logits=True)
+        accuracy = keras.metrics.sparse_categorical_accuracy(target, outputs)
+        return keras.ops.mean(loss), keras.ops.mean(accuracy)

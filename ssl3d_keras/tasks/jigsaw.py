@@ -1,0 +1,170 @@
+"""3D jigsaw puzzles (3D-Jig): which permutation shuffled the grid of patches?
+
+The volume is cut into an `n x n x n` grid (`n x n` in 2D) of cells of side
+`size // n`; one patch of side `cell - jitter` is cut from each cell, at a random
+offset in `[0, jitter]` per patch and axis in training and at the centre offset
+in evaluation. The patches are shuffled by one of P fixed permutations (chosen
+with the maximal-Hamming-distance algorithm, deterministic from
+`permutation_seed`, stored with the model), and the network predicts which.
+
+This module also holds the pieces every grid-of-patches task shares:
+`patch_shape_for` and `encode_patches`.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models import BigFullyHead
+from ssl3d_keras.ops.patches import grid_patches
+from ssl3d_keras.ops.permutations import maximal_hamming_permutations
+from ssl3d_keras.tasks.base import ClassificationTask
+from ssl3d_keras.tasks.patches import encode_patches, patch_shape_for
+from ssl3d_keras.tasks.registry import register_task
+
+
+def _check_permutations(permutations, n_items, n_perms):
+    perms = np.asarray(permutations)
+    if perms.shape != (n_perms, n_items) or not np.issubdtype(perms.dtype, np.integer):
+        raise ConfigError(
+            "permutations",
+            f"expected {n_perms} integer rows of {n_items} items. Received shape {perms.shape}",
+        )
+    if not (np.sort(perms, axis=1) == np.arange(n_items)).all():
+        raise ConfigError("permutations", f"every row must be a permutation of 0..{n_items - 1}")
+    if len(np.unique(perms, axis=0)) != n_perms:
+        raise ConfigError("permutations", "rows must be distinct")
+    perms = perms.astype(np.int32)
+    perms.setflags(write=False)
+    return perms
+
+
+@register_task("jigsaw")
+@keras.saving.register_keras_serializable(package="ssl3d")
+class JigsawTask(ClassificationTask):
+    """Solve a jigsaw puzzle of `grid**dim` patches: predict the permutation.
+
+    An example is `inputs[i] = patches[permutations[target][i]]` for
+    `i = 0 .. grid**dim - 1`, patches in raster order of their cells. Network:
+    the shared encoder on each patch, concatenated features -> big fully head ->
+    P logits; loss: softmax cross-entropy.
+
+    Args:
+        input_shape: tuple, `(D, H, W, C)` (3D) or `(H, W, C)` (2D).
+        encoder: a `keras.Model`, a dict of `UNetEncoder` arguments, or `None`
+            for the paper's U-Net encoder (it needs patches of at least 32).
+        grid: int, cells per axis. Default `3` (27 patches in 3D, 9 in 2D).
+        jitter: int, maximal random offset of a patch in its cell. Default `3`.
+        num_permutations: int, P, the number of classes. Default `100`.
+        permutation_seed: int, seed of the maximal-Hamming permutation set. Default `0`.
+        permutations: optional `(P, grid**dim)` integer array-like: the
+            permutation set itself (`get_config` stores it, so a saved task
+            keeps its exact classes). Default `None`: computed from the seed.
+        head_units: tuple of int. Default `(2048, 1024)` (the paper).
+        head_dropout: float. Default `0.5` (the paper).
+        **kwargs: `name`, `trainable`, `dtype`; any other key is a `ConfigError`.
+
+    Attributes:
+        permutations: np.int32 `(P, grid**dim)`, read-only.
+
+    Call arguments:
+        inputs: float32 `(batch, grid**dim, *patch, C)`.
+        training: bool.
+
+    Output shape:
+        float32 logits `(batch, P)`.
+
+    Example:
+
+    >>> from ssl3d_keras import tasks
+    >>> task = tasks.get("jigsaw", input_shape=(128, 128, 128, 1))
+    >>> patches, label = task.transform(tf.random.normal((128, 128, 128, 1)), tf.constant([0, 1]))
+    >>> patches.shape  # (27, 39, 39, 39, 1)
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        encoder=None,
+        *,
+        grid=3,
+        jitter=3,
+        num_permutations=100,
+        permutation_seed=0,
+        permutations=None,
+        head_units=(2048, 1024),
+        head_dropout=0.5,
+        **kwargs,
+    ):
+        super().__init__(input_shape, encoder, **kwargs)
+        self.grid = int(grid)
+        self.jitter = int(jitter)
+        self.patch_shape = patch_shape_for(self, self.grid, self.jitter)
+        self.num_patches = self.grid**self.dim
+        self.num_permutations = int(num_permutations)
+        self.permutation_seed = int(permutation_seed)
+        limit = math.factorial(self.num_patches)
+        if not 2 <= self.num_permutations <= limit:
+            raise ConfigError(
+                "num_permutations",
+                f"must be between 2 and {self.num_patches}! = {limit}. "
+                f"Received: {num_permutations}",
+            )
+        if permutations is None:
+            permutations = maximal_hamming_permutations(
+                self.num_patches, self.num_permutations, seed=self.permutation_seed
+            )
+        self.permutations = _check_permutations(
+            permutations, self.num_patches, self.num_permutations
+        )
+        self.head_units = tuple(int(u) for u in head_units)
+        self.head_dropout = float(head_dropout)
+        self.head = BigFullyHead(self.num_permutations, units=self.head_units,
+                                 dropout=self.head_dropout)
+
+    @property
+    def num_classes(self):
+        return self.num_permutations
+
+    def transform(self, volume, seed, training=True):
+        """Cut the grid of patches and shuffle it by a permutation drawn from `seed`.
+
+        Args:
+            volume: float32 `(D, H, W, C)` or `(H, W, C)`.
+            seed: int32 `[2]`, stateless seed.
+            training: bool; random jitter per patch if True, centre cut if False.
+
+        Returns:
+            `(patches (grid**dim, *patch, C) float32, permutation index int32 scalar)`.
+        """
+        volume = tf.convert_to_tensor(volume, tf.float32)
+        label_seed, patch_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
+        )
+        label = tf.random.stateless_uniform(
+            [], label_seed, minval=0, maxval=self.num_permutations, dtype=tf.int32
+        )
+        patches = grid_patches(volume, self.grid, self.jitter, patch_seed, training)
+        order = tf.gather(tf.constant(self.permutations), label)
+        shuffled = tf.gather(patches, order)
+        return tf.ensure_shape(shuffled, (self.num_patches, *self.patch_shape, self.channels)), label
+
+    def call(self, inputs, training=None):
+        features = encode_patches(self.encoder, inputs, training=training)
+        # float32 logits under any precision policy (the head's output layer is float32).
+        return self.head(features, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "grid": self.grid,
+            "jitter": self.jitter,
+            "num_permutations": self.num_permutations,
+            "permutation_seed": self.permutation_seed,
+            "permutations": self.permutations.tolist(),
+            "head_units": list(self.head_units),
+            "head_dropout": self.head_dropout,
+        }
