@@ -158,7 +158,9 @@ def adjust_brightness_contrast(volume, delta, factor):
     dim = _dim(volume, "adjust_brightness_contrast")
     mean = tf.reduce_mean(volume, axis=list(range(dim)), keepdims=True)
     factor = tf.cast(factor, volume.dtype)
-    return (volume - mean) * factor + mean + tf.cast(delta, volume.dtype)
+    # One grouped offset: graph-mode optimisers regroup `x + mean + delta` and
+    # differ from eager in the last bit otherwise.
+    return (volume - mean) * factor + (mean + tf.cast(delta, volume.dtype))
 
 
 def random_brightness_contrast(volume, seed, brightness=0.125, contrast=(0.5, 1.5), p=0.5):
