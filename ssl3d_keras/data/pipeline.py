@@ -11,9 +11,10 @@ example's global index (epoch * examples_per_epoch + position), never from
 iterator state. So the same seed gives the same batches, and `start_batch=k`
 gives exactly batches k, k+1, ... of the uninterrupted stream, which is how a
 training run resumes; skipped examples are dropped as indices, before any crop
-or transform runs on them. The volume order of epoch e is tf.data's seeded
-shuffle with a seed drawn from (seed, e); like every seeded TF op it also
-depends on TF's global seed when one is set (`tf.random.set_seed`).
+or transform runs on them. The volume order of epoch e is a buffer shuffle
+seeded by (seed, e) alone: TF's global seed (`keras.utils.set_random_seed`)
+changes nothing, so the data order of a run does not depend on what else
+seeded TensorFlow.
 """
 
 from pathlib import Path
@@ -234,6 +235,31 @@ def open_volumes(path_or_none, *, dim=3, phantoms=None, slice_axis=0, input_cont
     return volumes
 
 
+def _seeded_shuffle(dataset, buffer_size, seed):
+    """Buffer shuffle of `dataset` whose order depends on `seed` only.
+
+    `Dataset.shuffle(seed=...)` mixes its seed with TF's global seed (and fails
+    on a tensor seed once the global seed is 0), so the raw shuffle op is given
+    both seeds directly.
+
+    Args:
+        dataset: a `tf.data.Dataset`.
+        buffer_size: int, elements held in the shuffle buffer.
+        seed: int64 tensor `[2]`; not both zero (C++ reads (0, 0) as "random").
+    """
+    specs = tf.nest.flatten(dataset.element_spec)
+    variant = tf.raw_ops.ShuffleDataset(
+        input_dataset=tf.data.experimental.to_variant(dataset),
+        buffer_size=tf.constant(buffer_size, tf.int64),
+        seed=seed[0],
+        seed2=seed[1],
+        reshuffle_each_iteration=False,
+        output_types=[s.dtype for s in specs],
+        output_shapes=[s.shape for s in specs],
+    )
+    return tf.data.experimental.from_variant(variant, dataset.element_spec)
+
+
 def _derived_seed(key, stream, index):
     """int32 [2] stateless seed for example `index` of random stream `stream`."""
     seed = tf.random.experimental.stateless_fold_in(
@@ -359,10 +385,12 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
     def epoch_volumes(epoch):
         if not shuffle_volumes:
             return volumes
-        # A scalar int64 drawn from the epoch's seed (fold_in's own output keeps `epoch` verbatim).
-        shuffle_seed = tf.random.stateless_uniform(
-            [], _derived_seed(key, _SHUFFLE, epoch), minval=None, maxval=None, dtype=tf.int64)
-        return volumes.shuffle(shuffle_volumes, seed=shuffle_seed, reshuffle_each_iteration=False)
+        # Two int64 seeds drawn from the epoch's seed (fold_in's own output keeps `epoch`
+        # verbatim); the second is forced odd so the pair is never (0, 0).
+        seeds = tf.random.stateless_uniform(
+            [2], _derived_seed(key, _SHUFFLE, epoch), minval=None, maxval=None, dtype=tf.int64)
+        seeds = tf.stack([seeds[0], tf.bitwise.bitwise_or(seeds[1], 1)])
+        return _seeded_shuffle(volumes, shuffle_volumes, seeds)
 
     last_epoch = np.iinfo(np.int64).max if repeat else 1
     stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_volumes)

@@ -81,6 +81,21 @@ def test_epochs_are_different_permutations_of_all_volumes(volumes):
     assert len({tuple(o) for o in orders}) > 1
 
 
+@pytest.mark.parametrize("global_seed", [0, 7])
+def test_volume_order_ignores_tensorflows_global_seed(volumes, global_seed):
+    kwargs = dict(batch_size=5, seed=0, shuffle_volumes=5)
+    ids = volumes.map(lambda v: {**v, "image": tf.strings.to_number(
+        tf.strings.substr(v["case_id"], 8, 3)) + tf.zeros([1])})
+    before = [b[0][:, 0].tolist() for b in batches(make_pipeline(ids, None, **kwargs), 3)]
+    try:
+        # Global seed 0 used to crash Dataset.shuffle with a tensor seed; others changed the order.
+        tf.random.set_seed(global_seed)
+        after = [b[0][:, 0].tolist() for b in batches(make_pipeline(ids, None, **kwargs), 3)]
+    finally:
+        tf.random.set_seed(None)
+    assert before == after
+
+
 @pytest.mark.parametrize("start_batch", [1, 7, 9])  # 9: skips a whole epoch
 def test_start_batch_continues_the_stream_without_transforming_skipped(volumes, start_batch):
     kwargs = dict(batch_size=2, seed=5, crop_size=(6, 8, 10), crops_per_volume=3,
