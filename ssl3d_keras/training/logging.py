@@ -1,0 +1,132 @@
+"""What a run reports while it trains: metrics.csv, TensorBoard and a progress bar."""
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+CSV_COLUMNS = ("step", "loss", "accuracy", "lr", "examples_per_sec", "wall")
+
+
+def _scalar_metadata():
+    # data_class 1 is DATA_CLASS_SCALAR of tensorboard's summary.proto
+    return tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"), data_class=1)
+
+
+def write_scalar(tag, value):
+    """Write a TensorBoard scalar to the default summary writer.
+
+    Same record as `tf.summary.scalar` (the "scalars" plugin), written with the
+    core `tf.summary.write` op, because `tf.summary.scalar` needs the
+    `tensorboard` package, which the tensorflow 2.21 wheel no longer installs.
+    """
+    return tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_scalar_metadata())
+
+
+def read_metrics(path):
+    """Rows of a metrics.csv as dicts of floats (`step` as int)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def truncate_metrics(path, last_step):
+    """Drop rows after `last_step` (logged after the checkpoint a resume starts from)."""
+    path = Path(path)
+    rows = [r for r in read_metrics(path) if r["step"] <= last_step]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return rows
+
+
+class TrainingLogger:
+    """Averages the per-step metrics and writes them every `log_every` steps.
+
+    Each log row holds the mean loss and accuracy over the steps since the
+    previous row, the learning rate, the examples per second over that window
+    and the wall time since the run (or its resume) started. Rows go to
+    `metrics.csv` (appended and flushed, so a crash loses nothing logged) and
+    to TensorBoard scalars; a `keras.utils.Progbar` shows the same on screen.
+
+    Args:
+        run_dir: the run directory.
+        total_steps: steps of the whole run (the progress bar's target).
+        start_step: step the run starts or resumes from.
+        global_batch: examples per step.
+        log_every: steps per log row.
+        verbose: show the progress bar.
+    """
+
+    def __init__(self, run_dir, *, total_steps, start_step, global_batch, log_every, verbose=True):
+        run_dir = Path(run_dir)
+        self.csv_path = run_dir / "metrics.csv"
+        new = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
+        self._file = self.csv_path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=CSV_COLUMNS)
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+        self._summary = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self.global_batch = global_batch
+        self.log_every = log_every
+        self.total_steps = total_steps
+        self.start = time.perf_counter()
+        self._window_start = self.start
+        self._window = []
+        previous = read_metrics(self.csv_path)
+        self.last = previous[-1] if previous else None
+        self.progbar = None
+        if verbose:
+            self.progbar = keras.utils.Progbar(
+                total_steps, stateful_metrics=["loss", "accuracy", "ex/s"], unit_name="step")
+            self.progbar.update(start_step)
+
+    def step(self, step, metrics, lr):
+        """Record the metrics of finished step `step`; log when it is due."""
+        self._window.append((float(metrics["loss"]), float(metrics["accuracy"])))
+        if step % self.log_every == 0 or step == self.total_steps:
+            self.flush(step, lr)
+
+    def flush(self, step, lr):
+        """Write a row for the steps recorded since the last one (if any)."""
+        if not self._window:
+            return self.last
+        now = time.perf_counter()
+        n = len(self._window)
+        row = {
+            "step": step,
+            "loss": math.fsum(x[0] for x in self._window) / n,
+            "accuracy": math.fsum(x[1] for x in self._window) / n,
+            "lr": lr,
+            "examples_per_sec": n * self.global_batch / max(now - self._window_start, 1e-9),
+            "wall": now - self.start,
+        }
+        self._writer.writerow(row)
+        self._file.flush()
+        with self._summary.as_default(step=step):
+            for tag, key in (("loss", "loss"), ("accuracy", "accuracy"), ("learning_rate", "lr"),
+                             ("examples_per_sec", "examples_per_sec")):
+                write_scalar(tag, row[key])
+        self._summary.flush()
+        if self.progbar is not None:
+            self.progbar.update(step, values=[("loss", row["loss"]), ("accuracy", row["accuracy"]),
+                                              ("ex/s", row["examples_per_sec"])])
+        self._window = []
+        self._window_start = now
+        self.last = row
+        return row
+
+    def close(self):
+        self._file.close()
+        self._summary.close()

@@ -1,0 +1,96 @@
+"""Choice of the `tf.distribute` strategy, XLA and precision for this machine."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from ssl3d_keras.errors import ConfigError
+
+
+def gpu_count():
+    """Number of visible GPUs."""
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def make_strategy(name="auto"):
+    """The distribution strategy for `name`.
+
+    Args:
+        name: "auto": `MultiWorkerMirroredStrategy` when the `TF_CONFIG`
+            environment variable is set, `MirroredStrategy` on several GPUs,
+            else the default (one-device) strategy. "default": the default
+            strategy. "mirrored": `MirroredStrategy` over all GPUs, or over all
+            logical CPU devices when there is no GPU (configure several with
+            `tf.config.set_logical_device_configuration` before TensorFlow
+            initialises). "multiworker": `MultiWorkerMirroredStrategy`.
+
+    Returns:
+        A `tf.distribute.Strategy`.
+
+    Raises:
+        ConfigError: unknown name, or TF_CONFIG does not parse.
+    """
+    if name == "auto":
+        if os.environ.get("TF_CONFIG"):
+            name = "multiworker"
+        elif gpu_count() > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if gpu_count():
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    if name == "multiworker":
+        if os.environ.get("TF_CONFIG"):
+            try:
+                json.loads(os.environ["TF_CONFIG"])
+            except json.JSONDecodeError as e:
+                raise ConfigError("TF_CONFIG", f"environment variable does not parse as JSON: {e}. "
+                                  f"Received: {os.environ['TF_CONFIG']!r}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError("strategy", "must be one of auto, default, mirrored, multiworker. "
+                      f"Received: {name!r}")
+
+
+def strategy_name(strategy):
+    """Short name of a strategy: "default", "mirrored", "multiworker" or its class name."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multiworker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        return "default"
+    return type(strategy).__name__
+
+
+def resolve_jit_compile(value="auto"):
+    """`True`/`False` for the config value; "auto" is on for GPU only.
+
+    XLA made 3D convolutions 7-14x slower on the CPUs we measured (DESIGN.md).
+    """
+    if value == "auto":
+        return gpu_count() > 0
+    return bool(value)
+
+
+def resolve_precision(value="auto"):
+    """The Keras dtype policy name for the config value.
+
+    "auto" is "mixed_float16" on GPU and "float32" on CPU. On a CPU with
+    native bfloat16 (AVX512-BF16/AMX) `mixed_bfloat16` measured 1.2x (paper
+    encoder, 4 x 64^3) to 2.6x (the quick run's dense head, 2 x 32^3) faster,
+    but it stays opt-in: CPUs without native bfloat16 emulate it (slower than
+    float32), and float32 keeps the numerics of a config the same on every
+    machine. (mixed_float16 has no CPU kernels for 3D pooling: GPU only.)
+    """
+    if value == "auto":
+        return "mixed_float16" if gpu_count() else "float32"
+    if value not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        raise ConfigError("precision", "must be one of auto, float32, mixed_float16, "
+                          f"mixed_bfloat16. Received: {value!r}")
+    return value

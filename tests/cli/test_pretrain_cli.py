@@ -1,0 +1,126 @@
+"""`ssl3d pretrain` and `ssl3d finetune` through click's CliRunner, at tiny sizes."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ssl3d_keras.cli.main import cli
+from ssl3d_keras.training.logging import read_metrics
+
+TINY = ["--steps", "4", "--batch-size", "2", "--input-size", "16",
+        "--set", "encoder.depth=1", "--set", "encoder.base_filters=2",
+        "--set", "task_config.head_units=[8]", "--set", "data.phantoms.n=4",
+        "--set", "data.phantoms.size=16", "--set", "checkpoint_every=2", "--set", "log_every=2"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_lists_every_option_with_its_default():
+    result = invoke("pretrain", "--help")
+    assert result.exit_code == 0
+    for option in ("--data", "--config", "--out", "--steps", "--epochs", "--batch-size",
+                   "--input-size", "--dim", "--seed", "--resume", "--strategy", "--precision",
+                   "--set"):
+        assert option in result.output
+    assert "Default: 300" in result.output and "phantoms" in result.output
+
+
+def test_tiny_run_then_resume(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("pretrain", "rotation", "--out", str(out), "--quiet", *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"Run directory: {out}" in result.output
+    assert "Final proxy accuracy" in result.output and "(chance 0.100)" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["encoder"]["depth"] == 1 and config["data"]["input_size"] == 16
+    assert config["task_config"] == {"head_units": [8], "head_dropout": 0.0}  # quick config
+    assert [r["step"] for r in read_metrics(out / "metrics.csv")] == [2, 4]
+
+    # starting again in the same folder without --resume is refused
+    again = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(out), *TINY])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    # --resume with a changed option names the key; plain --resume uses the stored config
+    changed = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(out), "--resume",
+                                       "--seed", "7"])
+    assert changed.exit_code == 2 and "seed" in changed.output
+    resumed = invoke("pretrain", "rotation", "--out", str(out), "--resume", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert "after 4 steps" in resumed.output
+
+
+def test_config_file_overrides_and_2d(tmp_path):
+    config_file = tmp_path / "recipe.toml"
+    config_file.write_text('seed = 3\n[optimizer]\nlearning_rate = 0.001\n')
+    out = tmp_path / "run"
+    result = invoke("pretrain", "rotation", "--config", str(config_file), "--out", str(out),
+                    "--quiet", *TINY, "--dim", "2", "--set", "optimizer.schedule=cosine")
+    assert result.exit_code == 0, result.output
+    assert "(chance 0.250)" in result.output  # 2D rotation: 4 classes
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["dim"] == 2
+    assert config["seed"] == 3 and config["optimizer"]["learning_rate"] == 0.001
+    assert config["optimizer"]["schedule"] == "cosine"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "encoder_typo.depth=1"], "encoder_typo"),
+    (["--set", "optimizer.lerning_rate=1"], "optimizer.lerning_rate"),
+    (["--steps", "3", "--epochs", "2"], "not both"),
+])
+def test_bad_input_is_one_line_with_exit_2(tmp_path, args, needle):
+    result = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(tmp_path / "r"),
+                                      *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_unknown_task_suggests_the_closest(tmp_path):
+    result = CliRunner().invoke(cli, ["pretrain", "rotaton", "--out", str(tmp_path / "r"),
+                                      *TINY])
+    assert result.exit_code == 2 and "did you mean 'rotation'" in result.output
+
+
+def test_finetune_says_it_is_not_implemented():
+    for args in (["finetune"], ["finetune", "runs/x", "--labels", "0.1"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1
+        assert "downstream fine-tuning is not implemented yet in this version" in result.output
+        assert "README roadmap" in result.output
+    help_text = invoke("finetune", "--help").output
+    assert "NOT IMPLEMENTED" in help_text
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "ssl3d_keras", "pretrain", "rotation", "--out", str(out),
+            *TINY, "--steps", "100000", "--set", "log_every=1", "--set", "checkpoint_every=100000"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "metrics.csv").is_file() and len(read_metrics(out / "metrics.csv")) >= 3:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Resume with" in stdout and "--resume" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    stopped = summary["steps"]
+    assert summary["latest_checkpoint"].endswith(f"ckpt-{stopped}")
+    rows = read_metrics(out / "metrics.csv")
+    assert rows[-1]["step"] == stopped

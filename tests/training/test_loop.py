@@ -1,0 +1,270 @@
+"""The pretraining loop: run directory, resume, interruption, NaN handling, load_run.
+
+Runs use tiny settings: a depth-1 encoder with 2 filters on 16^3 crops, a head
+with 8 hidden units, batch 2, and a handful of steps.
+"""
+
+import json
+import random
+import signal
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.errors import ConfigError, DataError
+from ssl3d_keras.tasks import register_task
+from ssl3d_keras.tasks.base import ProxyTask
+from ssl3d_keras.training import (
+    NonFiniteLossError,
+    PretrainConfig,
+    load_run,
+    make_train_step,
+    pretrain,
+)
+from ssl3d_keras.training.logging import TrainingLogger, read_metrics
+from ssl3d_keras.training.run import build_task
+
+
+def tiny(**changes):
+    """A tiny rotation run; dropout on in the encoder and head so resume must restore seeds."""
+    config = {
+        "task": "rotation",
+        "task_config": {"head_units": [8], "head_dropout": 0.5},
+        "encoder": {"depth": 1, "base_filters": 2, "norm": "batch", "dropout": 0.3},
+        "data": {"input_size": 16, "phantoms": {"n": 4, "size": 20}},
+        "steps": 6,
+        "batch_size": 2,
+        "checkpoint_every": 3,
+        "log_every": 1,
+    }
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config
+
+
+def weights_of(run_dir):
+    task, _ = load_run(run_dir)
+    return [w.numpy() for w in task.weights]
+
+
+@register_task("test_nan_at_step")
+@keras.saving.register_keras_serializable(package="ssl3d_tests")
+class NanAtStep(ProxyTask):
+    """Test double: a two-class task whose loss turns NaN at training step `nan_at`."""
+
+    def __init__(self, input_shape, encoder=None, *, nan_at=4, **kwargs):
+        super().__init__(input_shape, encoder, **kwargs)
+        self.nan_at = nan_at
+        self.head = keras.layers.Dense(2)
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    @property
+    def chance_accuracy(self):
+        return 0.5
+
+    def transform(self, volume, seed, training=True):
+        return volume, tf.random.stateless_uniform([], seed, 0, 2, tf.int32)
+
+    def call(self, inputs, training=None):
+        features = self.encoder(inputs, training=training)
+        return self.head(keras.ops.mean(features, axis=tuple(range(1, self.dim + 1))))
+
+    def loss_and_accuracy(self, target, outputs):
+        self.calls.assign_add(1.0)
+        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            target, outputs, from_logits=True))
+        poison = tf.where(self.calls >= self.nan_at, float("nan"), 0.0)
+        accuracy = keras.ops.mean(keras.metrics.sparse_categorical_accuracy(target, outputs))
+        return loss + poison, accuracy
+
+    def get_config(self):
+        return {**super().get_config(), "nan_at": self.nan_at}
+
+
+def test_run_directory_contents(tmp_path):
+    summary = pretrain(tiny(), tmp_path / "run", verbose=False)
+    run = tmp_path / "run"
+    stored = json.loads((run / "config.json").read_text())
+    # fully resolved: every field present, equal to the config read back
+    assert stored == to_dict(from_dict(PretrainConfig, stored))
+    assert stored["steps"] == 6 and stored["data"]["prepared"] is None
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert all(r["lr"] == pytest.approx(1e-4) and r["examples_per_sec"] > 0 for r in rows)
+    assert summary == json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["chance_accuracy"] == pytest.approx(0.1)
+    assert summary["final_loss"] == pytest.approx(rows[-1]["loss"])
+    assert summary["latest_checkpoint"].endswith("ckpt-6")
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == [
+        "ckpt-3.index", "ckpt-6.index"]
+    # TensorBoard scalars, one per log step
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    tags = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            tags.setdefault(value.tag, []).append(event.step)
+    assert set(tags) == {"loss", "accuracy", "learning_rate", "examples_per_sec"}
+    assert tags["loss"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_log_rows_average_the_steps_since_the_last(tmp_path):
+    logger = TrainingLogger(tmp_path, total_steps=7, start_step=0, global_batch=4, log_every=3,
+                            verbose=False)
+    losses = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    for step, loss in enumerate(losses, start=1):
+        logger.step(step, {"loss": loss, "accuracy": step % 2}, lr=0.5)
+    logger.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == [3, 6, 7]  # every 3 steps, and the last step
+    assert [r["loss"] for r in rows] == [7 / 3, 56 / 3, 64.0]
+    assert [r["accuracy"] for r in rows] == [2 / 3, 1 / 3, 1.0]
+    assert all(r["lr"] == 0.5 and r["examples_per_sec"] > 0 for r in rows)
+    assert rows[0]["wall"] <= rows[1]["wall"] <= rows[2]["wall"]
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    straight = pretrain(tiny(steps=8, checkpoint_every=100), tmp_path / "straight", verbose=False)
+
+    real_step = TrainingLogger.step
+
+    def signal_at_step_3(self, step, metrics, lr):
+        real_step(self, step, metrics, lr)
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)  # handled by the loop: stop at the boundary
+
+    monkeypatch.setattr(TrainingLogger, "step", signal_at_step_3)
+    first = pretrain(tiny(steps=8, checkpoint_every=100), tmp_path / "resumed", verbose=True)
+    monkeypatch.setattr(TrainingLogger, "step", real_step)
+    assert first["status"] == "interrupted" and first["steps"] == 3
+    printed = capsys.readouterr().out
+    assert "Interrupted at step 3" in printed
+    assert f"--out {tmp_path / 'resumed'} --resume" in printed
+    assert first["latest_checkpoint"].endswith("ckpt-3")
+
+    second = pretrain(None, tmp_path / "resumed", resume=True, verbose=False)
+    assert second["status"] == "completed" and second["steps"] == 8
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+    rows_a = read_metrics(tmp_path / "straight" / "metrics.csv")
+    rows_b = read_metrics(tmp_path / "resumed" / "metrics.csv")
+    assert [r["step"] for r in rows_b] == list(range(1, 9))
+    np.testing.assert_allclose([r["loss"] for r in rows_b], [r["loss"] for r in rows_a],
+                               rtol=1e-6, atol=1e-7)
+    for a, b in zip(weights_of(tmp_path / "straight"), weights_of(tmp_path / "resumed"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert second["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6)
+
+
+def test_resume_with_a_different_config_names_the_keys(tmp_path):
+    pretrain(tiny(steps=2), tmp_path / "run", verbose=False)
+    with pytest.raises(ConfigError) as info:
+        pretrain(tiny(steps=2, seed=5, **{"optimizer.learning_rate": 1e-3}), tmp_path / "run",
+                 resume=True, verbose=False)
+    assert "optimizer.learning_rate, seed" in str(info.value)
+    # the same config is accepted
+    summary = pretrain(tiny(steps=2), tmp_path / "run", resume=True, verbose=False)
+    assert summary["steps"] == 2
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    pretrain(tiny(steps=1), tmp_path / "run", verbose=False)
+    with pytest.raises(ConfigError) as info:
+        pretrain(tiny(steps=1), tmp_path / "run", verbose=False)
+    assert "--resume" in str(info.value)
+    with pytest.raises(DataError):
+        pretrain(None, tmp_path / "empty", resume=True, verbose=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny(task="test_nan_at_step", task_config={"nan_at": 5}, steps=10,
+                  checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(config, tmp_path / "run", verbose=False)
+    assert info.value.step == 5
+    assert "step 5" in str(info.value) and "ckpt-4" in str(info.value)
+    checkpoints = tf.train.get_checkpoint_state(str(tmp_path / "run" / "checkpoints"))
+    assert checkpoints.model_checkpoint_path.endswith("ckpt-4")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 4
+    task, _ = load_run(tmp_path / "run")
+    assert all(np.isfinite(w.numpy()).all() for w in task.weights)
+
+
+def test_load_run_restores_the_chosen_checkpoint(tmp_path):
+    pretrain(tiny(steps=6, checkpoint_every=3), tmp_path / "run", verbose=False)
+    reader = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt-3"))
+    task, config = load_run(tmp_path / "run", checkpoint=3)
+    assert config.steps == 6
+    # every weight equals its value in the checkpoint (the flat `weights` list)
+    for i, weight in enumerate(task.weights):
+        stored = reader.get_tensor(f"weights/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+        np.testing.assert_array_equal(weight.numpy(), stored)
+    latest, _ = load_run(tmp_path / "run")
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(task.weights, latest.weights, strict=True))
+    with pytest.raises(DataError):
+        load_run(tmp_path / "run", checkpoint=4)
+
+
+def test_mixed_bfloat16_runs_and_restores_the_policy(tmp_path):
+    summary = pretrain(tiny(steps=2, precision="mixed_bfloat16"), tmp_path / "run",
+                       verbose=False)
+    assert summary["precision"] == "mixed_bfloat16"
+    assert np.isfinite(summary["final_loss"])
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_train_step_scales_the_loss_for_loss_scale_optimizer():
+    # In float32 a power-of-two loss scale is exact, so a step with dynamic loss
+    # scaling must equal a plain step: only if the step calls optimizer.scale_loss
+    # (LossScaleOptimizer divides the gradients by its scale, 2**15; SGD, unlike
+    # Adam, would show that as a 2**15 times smaller update).
+    strategy = tf.distribute.get_strategy()
+    config = from_dict(PretrainConfig, tiny(**{"task_config.head_dropout": 0.0,
+                                               "encoder.dropout": 0.0}))
+    batch = (tf.random.stateless_normal((2, 16, 16, 16, 1), [1, 2]), tf.constant([1, 7]))
+    results = []
+    for optimizer in (keras.optimizers.SGD(0.1),
+                      keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))):
+        random.seed(0)
+        task = build_task(config)
+        step = make_train_step(task, optimizer, strategy)
+        step(batch)
+        results.append([w.numpy() for w in task.trainable_weights])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_float16_without_gpu_is_a_config_error(tmp_path):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the error is for machines without a GPU")
+    with pytest.raises(ConfigError) as info:
+        pretrain(tiny(precision="mixed_float16"), tmp_path / "run", verbose=False)
+    assert info.value.key == "precision"
+
+
+def test_raw_dataset_is_prepared_into_the_run_first(tmp_path, capsys):
+    from ssl3d_keras.data.phantoms import write_phantom_dataset
+
+    raw = write_phantom_dataset(tmp_path / "raw", 2, size=20)
+    config = tiny(steps=2, **{"data.path": str(raw), "data.input_size": 16,
+                              "data.preprocess": {"shape": [20, 20, 20]}})
+    summary = pretrain(config, tmp_path / "run", verbose=True)
+    prepared = tmp_path / "run" / "prepared"
+    assert f"preparing it into {prepared}" in capsys.readouterr().out
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert len(manifest["cases"]) == 2
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["data"]["prepared"] == str(prepared)
+    assert stored["data"]["path"] == str(raw)
+    assert summary["status"] == "completed"
