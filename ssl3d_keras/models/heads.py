@@ -24,14 +24,16 @@ class _MLPHead(keras.layers.Layer):
                 "dropout", f"expected a rate in [0, 1). Received: dropout={dropout!r}"
             )
         self._flatten = keras.layers.Flatten()
-        self._hidden = []
+        hidden = []
         for i, width in enumerate(units):
-            block = [keras.layers.Dense(width, activation="relu", name=f"dense{i + 1}")]
+            hidden.append(keras.layers.Dense(width, activation="relu", name=f"dense{i + 1}"))
             if batch_norm:
-                block.append(keras.layers.BatchNormalization(name=f"norm{i + 1}"))
+                hidden.append(keras.layers.BatchNormalization(name=f"norm{i + 1}"))
             if dropout > 0:
-                block.append(keras.layers.Dropout(dropout, name=f"dropout{i + 1}"))
-            self._hidden.append(block)
+                hidden.append(keras.layers.Dropout(dropout, name=f"dropout{i + 1}"))
+        # A Sequential, not a Python list of lists: tf.train.Checkpoint tracks layers
+        # through attributes, and layers inside nested lists were left out of it.
+        self._hidden = keras.Sequential(hidden, name="hidden")
         # float32 output so logits and embeddings stay exact under mixed precision.
         self._output = keras.layers.Dense(int(outputs), dtype="float32", name="output")
 
@@ -42,18 +44,16 @@ class _MLPHead(keras.layers.Layer):
                 f"{self.name} needs static non-batch dimensions to size its first Dense "
                 f"layer. Received: input_shape={tuple(input_shape)}"
             )
-        for block in self._hidden:
-            for layer in block:
-                layer.build(shape)
-                shape = layer.compute_output_shape(shape)
+        if self._hidden.layers:
+            self._hidden.build(shape)
+            shape = self._hidden.compute_output_shape(shape)
         self._output.build(shape)
         self.built = True
 
     def call(self, inputs, training=None):
         x = self._flatten(inputs)
-        for block in self._hidden:
-            for layer in block:
-                x = layer(x, training=training)
+        if self._hidden.layers:
+            x = self._hidden(x, training=training)
         return self._output(x)
 
     def compute_output_shape(self, input_shape):

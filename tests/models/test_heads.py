@@ -78,3 +78,19 @@ def test_bad_arguments():
         BigFullyHead(3, dropout=1.5)
     with pytest.raises(ConfigError, match="num_outputs"):
         BigFullyHead(0)
+
+
+def test_tf_checkpoint_holds_every_head_variable(tmp_path):
+    import tensorflow as tf
+
+    head = BigFullyHead(3, units=(8, 4), dropout=0.5)
+    head(np.ones((2, 5), "float32"), training=False)
+    path = tf.train.Checkpoint(model=head).write(str(tmp_path / "ckpt"))
+    stored = {name for name, _ in tf.train.list_variables(path)}
+    # Every weight (kernels, biases, BatchNorm statistics) has its own checkpoint entry.
+    assert len([n for n in stored if n.startswith("model/")]) == len(head.weights) == 14
+    restored = BigFullyHead(3, units=(8, 4), dropout=0.5)
+    restored(np.zeros((2, 5), "float32"), training=False)
+    tf.train.Checkpoint(model=restored).read(path).assert_consumed()
+    for a, b in zip(head.weights, restored.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
