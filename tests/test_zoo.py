@@ -1,0 +1,172 @@
+"""The zoo: every recipe parses into a PretrainConfig, builds or says plainly why not,
+and the recipes ship inside the wheel."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ssl3d_keras import zoo
+from ssl3d_keras.errors import ConfigError, ExportError
+from ssl3d_keras.tasks import list_tasks
+from ssl3d_keras.training import PretrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = ("cpc", "rotation", "jigsaw", "rpl", "exemplar")
+
+
+def test_every_paper_and_phantom_recipe_is_there():
+    names = set(zoo.list_recipes())
+    for task in TASKS:
+        assert {f"ukb-brain-{task}", f"pancreas-ct-{task}", f"aptos-fundus-{task}-2d",
+                f"phantom-{task}"} <= names
+    assert names == {p.stem for p in (REPO / "zoo").glob("*.toml")}
+
+
+@pytest.mark.parametrize("name", zoo.list_recipes())
+def test_recipe_is_valid_and_has_a_card(name):
+    recipe = zoo.get_recipe(name)
+    config = zoo.recipe_config(recipe, data="/data/somewhere")
+    assert isinstance(config, PretrainConfig) and config.task in list_tasks()
+    assert config.data.path == "/data/somewhere"
+    assert recipe.card.startswith(f"# {name}:") and "## Load it" in recipe.card
+    assert recipe.expected.get("proxy_metric")  # a number or an honest "not reported"
+    assert not recipe.published and "not published" in recipe.artifact.status
+    if recipe.paper:
+        assert recipe.needs_data
+        assert config.optimizer.name == "adam" and config.epochs == 1000
+        assert config.optimizer.learning_rate == (1e-3 if name == "ukb-brain-cpc" else 1e-4)
+        if recipe.architecture == "unet":
+            assert config.encoder == {"depth": 4, "base_filters": 16, "bottleneck_filters": 256,
+                                      "norm": "batch", "dropout": 0.5, "final_pool": True}
+            assert config.data.input_size == 128
+    if config.task == "jigsaw" and recipe.paper:
+        assert config.task_config["num_permutations"] == 100
+
+
+def test_channels_match_the_data():
+    assert zoo.get_recipe("ukb-brain-rotation").data.channel_names == ["T1", "T2-FLAIR"]
+    assert zoo.get_recipe("pancreas-ct-rpl").data.channel_names == ["CT"]
+    assert zoo.get_recipe("aptos-fundus-jigsaw-2d").pretrain["data"]["dim"] == 2
+
+
+def test_unknown_and_invalid_recipes(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="did you mean 'phantom-rotation'"):
+        zoo.get_recipe("phantom-rotaton")
+    recipe = zoo.get_recipe("phantom-rotation")
+    with pytest.raises(ConfigError, match="stepz"):
+        zoo.recipe_config(recipe, overrides=["stepz=3"])
+    bad = tmp_path / "zoo"
+    bad.mkdir()
+    text = (REPO / "zoo" / "phantom-rotation.toml").read_text()
+    (bad / "phantom-rotation.toml").write_text(text.replace("paper = false", "papr = false"))
+    monkeypatch.setattr(zoo, "_recipes_root", lambda: bad)
+    with pytest.raises(ConfigError, match="papr"):
+        zoo.get_recipe("phantom-rotation")
+
+
+def test_unpublished_recipes_that_need_data_say_so(tmp_path):
+    from ssl3d_keras.export import load_encoder
+
+    with pytest.raises(ExportError, match="never published .* UK Biobank .* ssl3d zoo build "
+                                          "ukb-brain-rotation --data PATH"):
+        load_encoder("ukb-brain-rotation", cache=tmp_path)
+    with pytest.raises(ExportError, match="densenet121 encoder"):
+        zoo.build("aptos-fundus-rotation-2d", data=tmp_path)
+    with pytest.raises(ExportError, match="building is disabled"):
+        load_encoder("phantom-rotation", cache=tmp_path, build=False)
+    assert "ssl3d zoo build pancreas-ct-cpc --data PATH" in zoo.describe("pancreas-ct-cpc")
+
+
+def test_build_tiny_phantom_and_load_from_cache(tmp_path, rng):
+    """A phantom recipe builds (shrunk by overrides) and load_encoder finds the cached build."""
+    import numpy as np
+
+    from ssl3d_keras.export import load_encoder
+
+    overrides = ["steps=2", "batch_size=2", "data.input_size=16", "data.phantoms.n=2",
+                 "data.phantoms.size=16", "encoder.depth=1", "encoder.base_filters=2",
+                 "task_config.head_units=[8]"]
+    export = zoo.build("phantom-rotation", overrides=overrides, progress=False, cache=tmp_path)
+    assert export.parent.parent == tmp_path / "zoo"
+    meta_file = export / "preset" / "metadata.json"
+    assert meta_file.is_file() and (export / "hub.tar.gz").is_file()
+    model = load_encoder(export)
+    assert model.ssl3d_metadata["input"]["modality"] == "synthetic phantom"
+    assert model.ssl3d_metadata["pretraining"]["steps"] == 2
+    # The cache entry of the default recipe is what load_encoder(name) uses: place this
+    # build there (as a previous build would) and check no new training happens.
+    default = tmp_path / "zoo" / f"phantom-rotation-{zoo.recipe_hash(zoo.get_recipe('phantom-rotation'))}"
+    shutil.copytree(export.parent, default)
+    cached = load_encoder("phantom-rotation", cache=tmp_path, build=False)
+    x = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(cached(x), model(x), atol=1e-6)
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.relative_to(REPO).parts) for p in (REPO / "ssl3d_keras").rglob("*")
+             if p.is_dir() and any(p.glob("*.py"))} | {"ssl3d_keras"}
+    assert found | {"ssl3d_keras.zoo_recipes"} == listed
+
+
+@pytest.mark.subprocess
+def test_recipes_ship_in_the_wheel(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("ssl3d_keras", "zoo"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # Without setuptools here, pip builds in an isolated env (fetches setuptools).
+    isolation = ["--no-build-isolation"] if _has_setuptools() else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", *isolation,
+                    "-w", str(tmp_path / "dist")], cwd=src, check=True, env=env)
+    wheel = next((tmp_path / "dist").glob("ssl3d_keras-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, env=env)
+    code = ("import ssl3d_keras.zoo as z, ssl3d_keras.zoo_recipes as r; "
+            "print(z.__file__); print(r.__file__); print(' '.join(z.list_recipes())); "
+            "print(z.get_recipe('phantom-jigsaw').card.splitlines()[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={**env, "PYTHONPATH": str(target)}, check=True).stdout
+    zoo_file, recipes_file, names, card = out.splitlines()
+    assert zoo_file.startswith(str(target)) and recipes_file.startswith(str(target))
+    assert names.split() == zoo.list_recipes()
+    assert card.startswith("# phantom-jigsaw:")
+
+
+def _has_setuptools():
+    probe = subprocess.run([sys.executable, "-c", "import setuptools"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_phantom_recipe_builds_and_round_trips_every_client(tmp_path, monkeypatch):
+    """The real phantom-rotation recipe: load_encoder builds it into the cache, a second call
+    reuses the build, and its export passes every client."""
+    import time
+
+    from ssl3d_keras.export import load_encoder, verify
+
+    monkeypatch.setenv("SSL3D_CACHE", str(tmp_path))
+    encoder = load_encoder("phantom-rotation")
+    export = zoo.cached_build("phantom-rotation")
+    assert export is not None and export.is_relative_to(tmp_path)
+    meta = encoder.ssl3d_metadata
+    assert meta["pretraining"]["steps"] == 200 and meta["pretraining"]["task"] == "rotation"
+    started = time.monotonic()
+    again = load_encoder("phantom-rotation", build=False)
+    assert time.monotonic() - started < 60
+    assert again.ssl3d_metadata == meta
+    probe = verify.write_probe(encoder, tmp_path / "probe.npz")
+    verify.verify_export(export / "savedmodel", probe)
