@@ -119,7 +119,14 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         base = quick_config(task)
     data = copy.deepcopy(base)
     if config_file:
-        apply_overrides_from(data, read_config_file(config_file))
+        file_data = read_config_file(config_file)
+        if isinstance(file_data.get("pretrain"), dict):
+            # A zoo recipe: its [pretrain] table is the PretrainConfig; the rest is its card.
+            file_data = file_data["pretrain"]
+        if file_data.get("task", task) != task:
+            raise ConfigError("task", f"{config_file} pretrains '{file_data['task']}', not "
+                              f"'{task}'. Received: ssl3d pretrain {task} --config {config_file}")
+        apply_overrides_from(data, file_data)
     data["task"] = task
     if data_path is not None:
         _set(data, "data.path", str(Path(data_path).resolve()))

@@ -124,3 +124,20 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert summary["latest_checkpoint"].endswith(f"ckpt-{stopped}")
     rows = read_metrics(out / "metrics.csv")
     assert rows[-1]["step"] == stopped
+
+
+def test_a_zoo_recipe_is_a_config_file(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).parents[2] / "zoo" / "phantom-rotation.toml"
+    out = tmp_path / "run"
+    result = invoke("pretrain", "rotation", "--config", str(recipe), "--out", str(out),
+                    "--quiet", *TINY)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_config"]["rotations"] == "paper"  # from the recipe's [pretrain] table
+    assert config["steps"] == 4  # the command line wins
+    result = CliRunner().invoke(cli, ["pretrain", "jigsaw", "--config", str(recipe),
+                                      "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2
+    assert "pretrains 'rotation', not 'jigsaw'" in result.output
