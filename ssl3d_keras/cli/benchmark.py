@@ -2,10 +2,10 @@
 
 import importlib
 import json
-import os
-from pathlib import Path
 
 import click
+
+from ssl3d_keras.atomic import write_json_atomic
 
 
 def _training_module():
@@ -72,9 +72,5 @@ def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats
             else:
                 click.echo(json.dumps(results["train"], indent=2, default=str))
     if out_json:
-        path = Path(out_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        path = write_json_atomic(out_json, results, default=str)
         click.echo(f"Wrote {path}")

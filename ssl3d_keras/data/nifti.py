@@ -25,13 +25,13 @@ Example:
 import dataclasses
 import gzip
 import os
-import tempfile
 import zlib
 
 import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
+from ssl3d_keras.atomic import atomic_path
 from ssl3d_keras.errors import DataError
 
 FOUR_D_MODES = ("channels", "time", "error")
@@ -237,17 +237,8 @@ def save_nifti(path, array, affine, *, label=False):
         array = array.astype(np.float32)
     img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm", "sec")
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def _open_checked(path):

@@ -19,12 +19,11 @@ Everything is vectorised numpy on coordinate grids: a 64^3 phantom takes a
 few tens of milliseconds.
 """
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ssl3d_keras.atomic import atomic_path, write_json_atomic
 from ssl3d_keras.errors import ConfigError
 
 PHANTOM_LABELS = {
@@ -260,26 +259,6 @@ def make_phantom(seed, *, size=64, channels=1, dim=3):
     return image.astype(np.float32, copy=False), label
 
 
-def _atomic_save(image, path):
-    import nibabel as nib
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name[:-7]}.tmp-{os.getpid()}.nii.gz")
-    try:
-        nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_write_text(text, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def phantom_affine(shape):
     """RAS affine with 1 mm isotropic voxels and the world origin at the volume centre."""
     affine = np.eye(4)
@@ -333,8 +312,9 @@ def write_phantom_dataset(out_dir, n, *, size=64, channels=1, seed=0, dim=3, cal
         image_nii.header.set_xyzt_units("mm")
         label_nii = nib.Nifti1Image(label.astype(np.uint8), affine)
         label_nii.header.set_xyzt_units("mm")
-        _atomic_save(image_nii, out / "imagesTr" / case)
-        _atomic_save(label_nii, out / "labelsTr" / case)
+        for nii, folder in ((image_nii, "imagesTr"), (label_nii, "labelsTr")):
+            with atomic_path(out / folder / case) as tmp:
+                nib.save(nii, str(tmp))
         training.append({"image": f"./imagesTr/{case}", "label": f"./labelsTr/{case}"})
         if callback is not None:
             callback(i, out / "imagesTr" / case)
@@ -354,5 +334,5 @@ def write_phantom_dataset(out_dir, n, *, size=64, channels=1, seed=0, dim=3, cal
         "training": training,
         "test": [],
     }
-    _atomic_write_text(json.dumps(description, indent=2) + "\n", out / "dataset.json")
+    write_json_atomic(out / "dataset.json", description)
     return out

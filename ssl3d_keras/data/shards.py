@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ssl3d_keras.atomic import write_json_atomic
 from ssl3d_keras.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -205,14 +206,7 @@ def write_manifest(out_dir, manifest):
     Returns:
         `Path` of the manifest.
     """
-    path = Path(out_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json_atomic(Path(out_dir) / MANIFEST_NAME, manifest, allow_nan=False)
 
 
 def read_manifest(out_dir):

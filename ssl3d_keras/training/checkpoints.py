@@ -1,34 +1,11 @@
 """Checkpoints of a run and atomic JSON files beside them."""
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 
 from ssl3d_keras.errors import DataError
-
-
-def write_json_atomic(path, data):
-    """Write `data` as JSON to `path` through a temp file and `os.replace`.
-
-    A reader never sees a half-written file, even if the process dies mid-write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_json(path):

@@ -5,7 +5,6 @@ axial/coronal/sagittal planes of an RAS volume), `label_colormap` and
 `save_figure` (atomic PNG write). Matplotlib runs on the Agg backend.
 """
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ssl3d_keras.atomic import atomic_path  # noqa: E402
 from ssl3d_keras.data.phantoms import PHANTOM_LABELS, channel_names, make_phantom  # noqa: E402
 
 # One fixed colour per phantom label (background transparent), lesion in red.
@@ -63,14 +63,11 @@ def save_figure(fig, path, *, dpi=110):
         `Path` written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 

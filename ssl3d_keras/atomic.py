@@ -1,0 +1,64 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a part.
+
+Every file that must not be half-written (NIfTI volumes, manifests, run
+configs, figures, archives) goes through `atomic_path`: write to a temporary
+name in the same folder, then `os.replace`, which is atomic on one file system.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds.
+
+    The temporary name keeps `path`'s suffixes (e.g. `.nii.gz`), so writers that
+    pick a format from the extension behave the same. On any exception the
+    temporary file is removed and `path` is left as it was.
+
+    Example:
+
+    >>> with atomic_path("out/volume.nii.gz") as tmp:
+    ...     nibabel.save(image, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes),
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text):
+    """Write `text` to `path` atomically. Returns the `Path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path, data, **dumps_kwargs):
+    """Write `data` as indented JSON (trailing newline) to `path` atomically, synced to disk.
+
+    Args:
+        path: destination file.
+        data: JSON-serialisable object.
+        **dumps_kwargs: passed to `json.dumps` (e.g. `allow_nan=False`, `sort_keys=True`).
+
+    Returns:
+        The `Path` written.
+    """
+    text = json.dumps(data, indent=2, **dumps_kwargs) + "\n"
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
