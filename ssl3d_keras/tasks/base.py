@@ -29,8 +29,10 @@ class ProxyTask(keras.Model):
         input_shape: tuple, shape of one volume given to `transform`:
             `(D, H, W, C)` for 3D or `(H, W, C)` for 2D.
         encoder: a `keras.Model` mapping `(batch, *spatial, C)` to features,
-            or a dict of `UNetEncoder` arguments, or `None` for the paper's
-            U-Net encoder. The encoder is shared by every patch of a task.
+            or a dict for `ssl3d_keras.models.build_encoder` (`architecture`
+            "unet" (default) or "densenet121", plus its arguments), or `None`
+            for the paper's U-Net encoder. The encoder is shared by every
+            patch of a task.
         **kwargs: only `name`, `trainable` and `dtype`; any other key is a
             `ConfigError` that names it (Keras models accept unknown keys
             silently, which hid typos in the old code).
@@ -66,7 +68,7 @@ class ProxyTask(keras.Model):
     def _make_encoder(self, encoder):
         if isinstance(encoder, keras.Model):
             return encoder
-        from ssl3d_keras.models import UNetEncoder
+        from ssl3d_keras.models.factory import build_encoder
 
         if encoder is None:
             encoder = {}
@@ -74,8 +76,8 @@ class ProxyTask(keras.Model):
             return keras.saving.deserialize_keras_object(encoder)
         if not isinstance(encoder, dict):
             raise ConfigError("encoder", f"expected a keras.Model or a dict. Received: {encoder!r}")
-        config = {"input_channels": self.channels, "dim": self.dim, **encoder}
-        return UNetEncoder(**config)
+        # `architecture` picks the network ("unet" when absent); channels and dim come from data.
+        return build_encoder(encoder, input_channels=self.channels, dim=self.dim)
 
     # --- what each task implements -------------------------------------------------------
 
@@ -171,9 +173,42 @@ class ProxyTask(keras.Model):
 class ClassificationTask(ProxyTask):
     """A proxy task whose target is one of `num_classes` classes (rotation, jigsaw, RPL).
 
-    `call` returns float32 logits `(batch, num_classes)`; the loss is sparse
-    categorical cross-entropy and the accuracy top-1.
+    The head is the paper's "big fully" MLP; `call` returns float32 logits
+    `(batch, num_classes)`, the loss is sparse categorical cross-entropy and the
+    accuracy top-1. A subclass sets up what `num_classes` needs, then calls
+    `self._make_head()`.
+
+    Args:
+        input_shape, encoder: as `ProxyTask`.
+        head_units: tuple of ints, hidden widths of the head. Default `(2048, 1024)`.
+        head_dropout: float, dropout after each hidden layer. Default 0.5.
     """
+
+    def __init__(self, input_shape, encoder=None, *, head_units=(2048, 1024), head_dropout=0.5,
+                 **kwargs):
+        super().__init__(input_shape, encoder, **kwargs)
+        self.head_units = tuple(int(u) for u in head_units)
+        self.head_dropout = float(head_dropout)
+
+    def _make_head(self):
+        from ssl3d_keras.models import BigFullyHead
+
+        self.head = BigFullyHead(self.num_classes, units=self.head_units,
+                                 dropout=self.head_dropout)
+
+    def _draw_label(self, seed):
+        """A class uniform over `num_classes` and an independent seed for the rest.
+
+        Returns:
+            `(label int32 scalar, seed int32 [2])`.
+        """
+        label_seed, rest_seed = tf.unstack(
+            tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
+        )
+        label = tf.random.stateless_uniform(
+            [], label_seed, minval=0, maxval=self.num_classes, dtype=tf.int32
+        )
+        return label, rest_seed
 
     @property
     def num_classes(self):
@@ -187,3 +222,10 @@ class ClassificationTask(ProxyTask):
         loss = keras.losses.sparse_categorical_crossentropy(target, outputs, from_logits=True)
         accuracy = keras.metrics.sparse_categorical_accuracy(target, outputs)
         return keras.ops.mean(loss), keras.ops.mean(accuracy)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "head_units": list(self.head_units),
+            "head_dropout": self.head_dropout,
+        }

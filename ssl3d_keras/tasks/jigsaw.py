@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
-from ssl3d_keras.models import BigFullyHead
 from ssl3d_keras.ops.patches import grid_patches
 from ssl3d_keras.ops.permutations import maximal_hamming_permutations
 from ssl3d_keras.tasks.base import ClassificationTask
@@ -99,7 +98,8 @@ class JigsawTask(ClassificationTask):
         head_dropout=0.5,
         **kwargs,
     ):
-        super().__init__(input_shape, encoder, **kwargs)
+        super().__init__(input_shape, encoder, head_units=head_units,
+                         head_dropout=head_dropout, **kwargs)
         self.grid = int(grid)
         self.jitter = int(jitter)
         self.patch_shape = patch_shape_for(self, self.grid, self.jitter)
@@ -120,10 +120,7 @@ class JigsawTask(ClassificationTask):
         self.permutations = _check_permutations(
             permutations, self.num_patches, self.num_permutations
         )
-        self.head_units = tuple(int(u) for u in head_units)
-        self.head_dropout = float(head_dropout)
-        self.head = BigFullyHead(self.num_permutations, units=self.head_units,
-                                 dropout=self.head_dropout)
+        self._make_head()
 
     @property
     def num_classes(self):
@@ -141,12 +138,7 @@ class JigsawTask(ClassificationTask):
             `(patches (grid**dim, *patch, C) float32, permutation index int32 scalar)`.
         """
         volume = tf.convert_to_tensor(volume, tf.float32)
-        label_seed, patch_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
-        )
-        label = tf.random.stateless_uniform(
-            [], label_seed, minval=0, maxval=self.num_permutations, dtype=tf.int32
-        )
+        label, patch_seed = self._draw_label(seed)
         patches = grid_patches(volume, self.grid, self.jitter, patch_seed, training)
         order = tf.gather(tf.constant(self.permutations), label)
         shuffled = tf.gather(patches, order)
@@ -165,6 +157,4 @@ class JigsawTask(ClassificationTask):
             "num_permutations": self.num_permutations,
             "permutation_seed": self.permutation_seed,
             "permutations": self.permutations.tolist(),
-            "head_units": list(self.head_units),
-            "head_dropout": self.head_dropout,
         }

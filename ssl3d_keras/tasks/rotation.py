@@ -12,7 +12,6 @@ import keras
 import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
-from ssl3d_keras.models import BigFullyHead
 from ssl3d_keras.ops.rotations import rotate, rotation_table
 from ssl3d_keras.tasks.base import ClassificationTask
 from ssl3d_keras.tasks.registry import register_task
@@ -66,7 +65,8 @@ class RotationTask(ClassificationTask):
         head_dropout=0.5,
         **kwargs,
     ):
-        super().__init__(input_shape, encoder, **kwargs)
+        super().__init__(input_shape, encoder, head_units=head_units,
+                         head_dropout=head_dropout, **kwargs)
         if rotations not in ROTATION_KINDS:
             raise ConfigError(
                 "rotations", f"must be one of {list(ROTATION_KINDS)}. Received: {rotations!r}"
@@ -80,10 +80,7 @@ class RotationTask(ClassificationTask):
             )
         self.rotations = rotations
         self.table = rotation_table(self.dim, rotations)
-        self.head_units = tuple(int(u) for u in head_units)
-        self.head_dropout = float(head_dropout)
-        self.head = BigFullyHead(self.num_classes, units=self.head_units,
-                                 dropout=self.head_dropout)
+        self._make_head()
 
     @property
     def num_classes(self):
@@ -120,6 +117,4 @@ class RotationTask(ClassificationTask):
         return {
             **super().get_config(),
             "rotations": self.rotations,
-            "head_units": list(self.head_units),
-            "head_dropout": self.head_dropout,
         }

@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
-from ssl3d_keras.models import BigFullyHead
 from ssl3d_keras.ops.patches import grid_patches
 from ssl3d_keras.tasks.base import ClassificationTask
 from ssl3d_keras.tasks.patches import encode_patches, patch_shape_for
@@ -65,17 +64,15 @@ class RelativePatchLocationTask(ClassificationTask):
         head_dropout=0.5,
         **kwargs,
     ):
-        super().__init__(input_shape, encoder, **kwargs)
+        super().__init__(input_shape, encoder, head_units=head_units,
+                         head_dropout=head_dropout, **kwargs)
         if int(grid) % 2 != 1:
             raise ConfigError("grid", f"must be odd so that a centre cell exists. Received: {grid}")
         self.grid = int(grid)
         self.jitter = int(jitter)
         self.patch_shape = patch_shape_for(self, self.grid, self.jitter)
         self.centre = self.grid**self.dim // 2
-        self.head_units = tuple(int(u) for u in head_units)
-        self.head_dropout = float(head_dropout)
-        self.head = BigFullyHead(self.num_classes, units=self.head_units,
-                                 dropout=self.head_dropout)
+        self._make_head()
 
     @property
     def num_classes(self):
@@ -103,12 +100,7 @@ class RelativePatchLocationTask(ClassificationTask):
             `(pair (2, *patch, C) float32 = (centre, query), class int32 scalar)`.
         """
         volume = tf.convert_to_tensor(volume, tf.float32)
-        label_seed, patch_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
-        )
-        label = tf.random.stateless_uniform(
-            [], label_seed, minval=0, maxval=self.num_classes, dtype=tf.int32
-        )
+        label, patch_seed = self._draw_label(seed)
         cell = label + tf.cast(label >= self.centre, tf.int32)
         patches = grid_patches(volume, self.grid, self.jitter, patch_seed, training)
         pair = tf.gather(patches, tf.stack([tf.constant(self.centre, tf.int32), cell]))
@@ -124,6 +116,4 @@ class RelativePatchLocationTask(ClassificationTask):
             **super().get_config(),
             "grid": self.grid,
             "jitter": self.jitter,
-            "head_units": list(self.head_units),
-            "head_dropout": self.head_dropout,
         }
