@@ -4,7 +4,6 @@ from ssl3d_keras import tasks
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.tasks.registry import BUILTIN_TASKS
 
-
 PAPER_TASKS = ["cpc", "exemplar", "jigsaw", "rotation", "rpl"]
 
 
