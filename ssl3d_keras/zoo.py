@@ -73,8 +73,9 @@ class Recipe:
         title: one line.
         description: a paragraph.
         paper: True for the settings of Taleb et al. (2020).
-        architecture: "unet" (buildable) or "densenet121" (the paper's 2D fundus
-            encoder, not provided by ssl3d_keras.models yet).
+        architecture: "unet" or "densenet121" (the paper's 2D fundus encoder);
+            must equal `pretrain.encoder.architecture` (default "unet"), which
+            is what the build uses.
         data: a `RecipeData`.
         pretrain: a `PretrainConfig` table (without `data.path`).
         expected: `proxy_metric` and `notes` (what is known of the outcome).
@@ -146,6 +147,11 @@ def get_recipe(name):
     if recipe.name != name:
         raise ConfigError(f"zoo/{name}.toml:name", f"must equal the file name. Received: "
                           f"{recipe.name!r}")
+    built = (recipe.pretrain.get("encoder") or {}).get("architecture", "unet")
+    if built != recipe.architecture:
+        raise ConfigError(f"zoo/{name}.toml:pretrain.encoder.architecture",
+                          f"must equal the recipe's architecture {recipe.architecture!r} (the "
+                          f"build uses this one). Received: {built!r}")
     return recipe
 
 
@@ -197,17 +203,13 @@ def build(name, *, data=None, out=None, overrides=(), progress=True, cache=None)
         cache: cache folder (default `$SSL3D_CACHE` or `~/.cache/ssl3d`).
 
     Raises:
-        ExportError: the recipe needs data that was not given, or an encoder
-            architecture this package cannot build.
+        ExportError: the recipe needs data that was not given.
     """
     from ssl3d_keras.export.archive import cache_dir
     from ssl3d_keras.export.exporter import export_run
     from ssl3d_keras.training import pretrain
 
     recipe = get_recipe(name)
-    if recipe.architecture != "unet":
-        raise _cannot_build(recipe, f"its {recipe.architecture} encoder is not wired into "
-                                    "the pretraining config yet")
     if recipe.needs_data and data is None:
         raise _cannot_build(recipe, f"it needs {recipe.data.requires}, and no data was given")
     config = recipe_config(recipe, data, overrides)
@@ -246,10 +248,8 @@ def ensure_built(name, *, cache=None, allow_build=True, progress=True):
     found = cached_build(name, cache=cache)
     if found is not None:
         return found
-    if recipe.needs_data or recipe.architecture != "unet":
-        raise _cannot_build(recipe, f"it needs {recipe.data.requires}" if recipe.needs_data
-                            else f"its {recipe.architecture} encoder is not wired into the "
-                                 "pretraining config yet")
+    if recipe.needs_data:
+        raise _cannot_build(recipe, f"it needs {recipe.data.requires}")
     if not allow_build:
         raise ExportError(f"zoo entry '{name}' is not built yet and building is disabled; "
                           f"run: ssl3d zoo build {name}")

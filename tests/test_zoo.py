@@ -44,6 +44,9 @@ def test_recipe_is_valid_and_has_a_card(name):
             assert config.encoder == {"depth": 4, "base_filters": 16, "bottleneck_filters": 256,
                                       "norm": "batch", "dropout": 0.5, "final_pool": True}
             assert config.data.input_size == 128
+        else:
+            assert config.encoder == {"architecture": recipe.architecture}
+            assert config.data.dim == 2 and config.data.layout == "images2d"
     if config.task == "jigsaw" and recipe.paper:
         assert config.task_config["num_permutations"] == 100
 
@@ -67,6 +70,12 @@ def test_unknown_and_invalid_recipes(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_recipes_root", lambda: bad)
     with pytest.raises(ConfigError, match="papr"):
         zoo.get_recipe("phantom-rotation")
+    # The recipe's architecture must be the one its pretrain.encoder table builds.
+    fundus = (REPO / "zoo" / "aptos-fundus-rpl-2d.toml").read_text()
+    (bad / "aptos-fundus-rpl-2d.toml").write_text(
+        fundus.replace('[pretrain.encoder]\narchitecture = "densenet121"\n', ""))
+    with pytest.raises(ConfigError, match="pretrain.encoder.architecture.*'densenet121'"):
+        zoo.get_recipe("aptos-fundus-rpl-2d")
 
 
 def test_unpublished_recipes_that_need_data_say_so(tmp_path):
@@ -75,8 +84,8 @@ def test_unpublished_recipes_that_need_data_say_so(tmp_path):
     with pytest.raises(ExportError, match="never published .* UK Biobank .* ssl3d zoo build "
                                           "ukb-brain-rotation --data PATH"):
         load_encoder("ukb-brain-rotation", cache=tmp_path)
-    with pytest.raises(ExportError, match="densenet121 encoder"):
-        zoo.build("aptos-fundus-rotation-2d", data=tmp_path)
+    with pytest.raises(ExportError, match="needs the APTOS 2019 training images"):
+        zoo.build("aptos-fundus-rotation-2d")
     with pytest.raises(ExportError, match="building is disabled"):
         load_encoder("phantom-rotation", cache=tmp_path, build=False)
     assert "ssl3d zoo build pancreas-ct-cpc --data PATH" in zoo.describe("pancreas-ct-cpc")
@@ -105,6 +114,35 @@ def test_build_tiny_phantom_and_load_from_cache(tmp_path, rng):
     cached = load_encoder("phantom-rotation", cache=tmp_path, build=False)
     x = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(cached(x), model(x), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fundus_recipe_builds_a_densenet_from_an_images2d_folder(tmp_path, rng):
+    """aptos-fundus-rotation-2d on eight 64x64 RGB PNGs (shrunk by overrides): a DenseNet-121
+    export whose metadata carries the recipe's input facts."""
+    import numpy as np
+    from PIL import Image
+
+    from ssl3d_keras.export import load_encoder
+    from ssl3d_keras.models import DenseNetEncoder
+
+    images = tmp_path / "fundus"
+    images.mkdir()
+    for i in range(8):
+        pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"case{i}.png")
+    overrides = ["epochs=1", "batch_size=4", "data.input_size=32", "task_config.head_units=[8]",
+                 "task_config.head_dropout=0.0"]
+    export = zoo.build("aptos-fundus-rotation-2d", data=images, out=tmp_path / "build",
+                       overrides=overrides, progress=False)
+    encoder = load_encoder(export)
+    assert type(encoder) is DenseNetEncoder and encoder.input_channels == 3
+    meta = encoder.ssl3d_metadata
+    assert meta["pretraining"]["steps"] == 2  # 8 images / batch 4, one epoch
+    assert meta["input"]["channel_names"] == ["R", "G", "B"]
+    assert meta["input"]["modality"] == "fundus photograph (RGB)"
+    assert (meta["input"]["min_input_size"], meta["input"]["divisible_by"]) == (32, 32)
+    assert (export / "hub.tar.gz").is_file()
 
 
 def test_every_package_folder_is_listed_in_pyproject():

@@ -80,8 +80,8 @@ def input_description(encoder, data=None):
     """The `input` section: what to feed the encoder.
 
     Args:
-        encoder: the encoder (`dim`, `input_channels`, `min_input_size`, `depth` read
-            when present).
+        encoder: the encoder (`min_input_size`, and `divisible_by` or `depth`,
+            read when present).
         data: dict with any of `modality`, `channel_names`, `spacing`,
             `normalization`, `source` (from the recipe or the prepared manifest).
     """
@@ -91,6 +91,10 @@ def input_description(encoder, data=None):
     channels = int(shape[-1])
     depth = getattr(encoder, "depth", None)
     min_size = int(getattr(encoder, "min_input_size", 1))
+    # An encoder states its alignment (DenseNetEncoder: 32); a U-Net's skips align at 2**depth.
+    divisible_by = getattr(encoder, "divisible_by", None)
+    if divisible_by is None:
+        divisible_by = 2**depth if depth is not None else min_size
     return {
         "dtype": "float32",
         "shape": [None, *shape],
@@ -103,7 +107,7 @@ def input_description(encoder, data=None):
         "spacing": data.get("spacing"),
         "normalization": data.get("normalization", "unknown"),
         "min_input_size": min_size,
-        "divisible_by": int(2 ** depth) if depth is not None else min_size,
+        "divisible_by": int(divisible_by),
         "source": data.get("source"),
     }
 

@@ -1,14 +1,18 @@
-"""Networks: the U-Net encoder (backbone), task heads, channel adaptation, DenseNet-121."""
+"""Networks: the encoders (U-Net, DenseNet-121) and their factory, task heads, channel adaptation."""
 
-from ssl3d_keras.models.applications import densenet121_encoder
+from ssl3d_keras.models.applications import DenseNetEncoder, densenet121_encoder
 from ssl3d_keras.models.channels import adapt_input_channels
+from ssl3d_keras.models.factory import build_encoder, list_architectures
 from ssl3d_keras.models.heads import BigFullyHead, ProjectionHead
 from ssl3d_keras.models.unet import UNetEncoder
 
 __all__ = [
     "BigFullyHead",
+    "DenseNetEncoder",
     "ProjectionHead",
     "UNetEncoder",
     "adapt_input_channels",
+    "build_encoder",
     "densenet121_encoder",
+    "list_architectures",
 ]
