@@ -31,7 +31,7 @@ def _names(names, all_buildable):
         return list(names)
     recipes = [zoo.get_recipe(n) for n in zoo.list_recipes()]
     return [r.name for r in recipes
-            if not all_buildable or (not r.needs_data and r.architecture == "unet")]
+            if not all_buildable or not r.needs_data]
 
 
 @cli.command("build-all")

@@ -27,7 +27,7 @@ def list_(paper_only):
             continue
         if recipe.published:
             state = "published"
-        elif recipe.needs_data or recipe.architecture != "unet":
+        elif recipe.needs_data:
             state = "needs data"
         else:
             state = "builds here"

@@ -124,7 +124,7 @@ class ProxyTask(keras.Model):
         return loss, {"loss": loss, "accuracy": tf.cast(accuracy, tf.float32)}
 
     def train_step(self, data):
-        inputs, target = data
+        inputs, target = self._unpack(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             loss, metrics = self.compute_loss_and_metrics(inputs, target, training=True)
@@ -136,9 +136,18 @@ class ProxyTask(keras.Model):
         return self._update_trackers(metrics)
 
     def test_step(self, data):
-        inputs, target = data
+        inputs, target = self._unpack(data)
         _, metrics = self.compute_loss_and_metrics(inputs, target, training=False)
         return self._update_trackers(metrics)
+
+    @staticmethod
+    def _unpack(data):
+        # fit() passes (inputs, target); train_on_batch() and evaluate() add a sample weight.
+        inputs, target, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ConfigError("sample_weight", "proxy tasks weigh every example equally; "
+                              "sample weights are not supported")
+        return inputs, target
 
     def _update_trackers(self, metrics):
         self.loss_tracker.update_state(metrics["loss"])

@@ -118,3 +118,20 @@ def test_bad_arguments_are_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=f"'{key}'.*Received"):
         tasks.get("rotation", encoder=TINY, **kwargs)
 
+
+
+def test_train_on_batch_and_evaluate_accept_keras_batch_forms():
+    import keras
+
+    task = tasks.get("rotation", input_shape=(16, 16, 16, 1), head_units=(8,), head_dropout=0.0,
+                     encoder={"depth": 1, "base_filters": 2, "dropout": 0.0})
+    volume = np.random.default_rng(0).random((16, 16, 16, 1), dtype=np.float32)
+    pairs = [task.transform(volume, tf.constant([i, 0], tf.int32)) for i in range(4)]
+    inputs = tf.stack([p[0] for p in pairs])
+    target = tf.stack([p[1] for p in pairs])
+    task.compile(optimizer=keras.optimizers.SGD(0.01))
+    logs = task.train_on_batch(inputs, target, return_dict=True)
+    assert set(logs) == {"loss", "accuracy"} and np.isfinite(logs["loss"])
+    assert np.isfinite(task.evaluate(inputs, target, verbose=0, return_dict=True)["loss"])
+    with pytest.raises(ConfigError, match="sample_weight"):
+        task.train_on_batch(inputs, target, sample_weight=np.ones(4, "float32"))
