@@ -57,7 +57,7 @@ def _get(data, dotted, default=None):
                    "(volumes x crops per volume / batch size steps each).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Global batch size, split evenly across replicas. Default: 16 (8 for "
-                   "jigsaw, cpc and exemplar).")
+                   "jigsaw and cpc).")
 @click.option("--input-size", type=click.IntRange(min=1),
               help="Edge of the cube (or square) cropped from each volume for the task. "
                    "Default: 32 (48 for jigsaw and rpl); the 48^3 phantoms are enlarged "
