@@ -7,32 +7,6 @@ import click
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-class _NumbersOption(click.Option):
-    """An option taking one to three numbers: `--spacing 1 1 2`, `--spacing 1,1,2`, `--spacing 1`.
-
-    Click options have a fixed number of values; this one also consumes the
-    numbers that follow its first value on the command line, so the natural
-    spelling works for 2D (two values) and 3D (three values) alike.
-    """
-
-    def add_to_parser(self, parser, ctx):
-        super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            parser_option = getattr(parser, "_long_opt", {}).get(name)
-            if parser_option is None:
-                continue
-            original = parser_option.process
-
-            def process(value, state, original=original):
-                values = [value]
-                while (len(values) < 3 and state.rargs
-                       and _NUMBER.match(state.rargs[0])):
-                    values.append(state.rargs.pop(0))
-                original(" ".join(values), state)
-
-            parser_option.process = process
-
-
 def _parse_numbers(name, text, kind):
     if text is None:
         return None
@@ -57,8 +31,8 @@ def _parse_numbers(name, text, kind):
               help="Dataset layout. auto: dataset.json -> decathlon, case folders with "
                    "<case>_seg/<case>_flair files -> brats, a CSV -> csv (column 'image') or images2d "
                    "(column 'id_code'), PNG/JPEG -> images2d, NIfTI files -> folder.")
-@click.option("--spacing", cls=_NumbersOption, default=None, metavar="MM [MM [MM]]",
-              help="Target voxel size in mm: '1,1,1', 1 1 1, or one value for all axes. "
+@click.option("--spacing", default=None, metavar="MM[,MM[,MM]]",
+              help="Target voxel size in mm: '1,1,1', or one value for all axes. "
                    "Default: keep each case's spacing.")
 @click.option("--normalize", default="zscore", show_default=True,
               type=click.Choice(["zscore", "minmax", "ct", "percentile", "none"]),
@@ -70,9 +44,9 @@ def _parse_numbers(name, text, kind):
               help="Low and high HU of --normalize ct (pancreas CT: -100 240).")
 @click.option("--crop-foreground/--no-crop-foreground", default=False, show_default=True,
               help="Crop each case to the bounding box of its nonzero voxels (label alike).")
-@click.option("--shape", cls=_NumbersOption, default=None, metavar="N [N [N]]",
-              help="Final spatial shape, centre padded with 0 or cropped: '128,128,128' or "
-                   "128 128 128. Default: keep.")
+@click.option("--shape", default=None, metavar="N[,N[,N]]",
+              help="Final spatial shape, centre padded with 0 or cropped: '128,128,128', or "
+                   "one value for all axes. Default: keep.")
 @click.option("--modalities", default=None,
               help="BraTS channel order, comma separated file suffixes. "
                    "[default: t1,t1ce,t2,flair]")
@@ -101,7 +75,7 @@ def prepare(src, out_dir, layout, spacing, normalize, ct_window, crop_foreground
 
     Example:
 
-        ssl3d prepare Task07_Pancreas --out prepared/pancreas --spacing 1 1 1 \\
+        ssl3d prepare Task07_Pancreas --out prepared/pancreas --spacing 1,1,1 \\
             --normalize ct --ct-window -100 240 --crop-foreground --on-error skip
     """
     from ssl3d_keras.data.prepare import prepare_dataset, summary_line

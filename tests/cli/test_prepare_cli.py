@@ -25,7 +25,7 @@ def test_help_lists_options():
 def test_prepare_with_spacing_and_shape(tmp_path):
     src = write_decathlon(tmp_path / "src", 3, np.random.default_rng(0), size=8, channels=2)
     out = tmp_path / "out"
-    result = _run(src, "--out", out, "--spacing", "2", "2", "2", "--shape", "4,4,4",
+    result = _run(src, "--out", out, "--spacing", "2,2,2", "--shape", "4,4,4",
                   "--normalize", "ct", "--ct-window", "-100", "240", "--examples-per-shard", "2",
                   "--no-progress")
     assert result.exit_code == 0, result.output
