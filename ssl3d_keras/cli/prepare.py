@@ -14,7 +14,7 @@ def _parse_numbers(name, text, kind):
     try:
         values = tuple(kind(p) for p in parts)
     except ValueError:
-        raise click.BadParameter(f"expected {kind.__name__} values like '1,1,1' or 1 1 1. "
+        raise click.BadParameter(f"expected {kind.__name__} values like '1,1,1'. "
                                  f"Received: {text!r}", param_hint=name) from None
     if not 1 <= len(values) <= 3:
         raise click.BadParameter(f"expected 1 to 3 values. Received: {text!r}", param_hint=name)
