@@ -144,6 +144,7 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     if input_size is not None and _get(data, "data.path") is None:
         if input_size > _get(data, "data.phantoms.size", 64):
             _set(data, "data.phantoms.size", input_size)
+    reset_encoder_for_new_architecture(data, overrides)
     apply_overrides(data, overrides)
 
     if resume and not explicit and base.get("task", task) == task:
@@ -163,6 +164,22 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
                    f"{summary['steps']} steps in {summary['wall_time_sec']:.0f} s")
     if summary["status"] == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
+
+
+def reset_encoder_for_new_architecture(data, overrides):
+    """Drop the base encoder table when `--set encoder.architecture=X` switches network.
+
+    The base config's encoder keys (e.g. the U-Net's `depth`) belong to its own
+    architecture and would be unknown keys of another; later `encoder.*`
+    overrides still apply.
+    """
+    chosen = apply_overrides({}, [o for o in overrides
+                                  if o.split("=", 1)[0].strip() == "encoder.architecture"])
+    new = chosen.get("encoder", {}).get("architecture")
+    encoder = data.get("encoder") or {}
+    if new is not None and new != encoder.get("architecture", "unet"):
+        data["encoder"] = {}
+    return data
 
 
 def apply_overrides_from(data, file_data):

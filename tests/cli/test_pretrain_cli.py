@@ -141,3 +141,17 @@ def test_a_zoo_recipe_is_a_config_file(tmp_path):
                                       "--out", str(tmp_path / "other")])
     assert result.exit_code == 2
     assert "pretrains 'rotation', not 'jigsaw'" in result.output
+
+
+def test_switching_architecture_drops_the_other_networks_encoder_keys():
+    from ssl3d_keras.cli.pretrain import reset_encoder_for_new_architecture
+
+    base = {"encoder": {"depth": 2, "base_filters": 8}}
+    data = reset_encoder_for_new_architecture(
+        json.loads(json.dumps(base)), ["encoder.architecture=densenet121", "steps=3"])
+    assert data["encoder"] == {}
+    # Same architecture, or none named: the base keys stay.
+    assert reset_encoder_for_new_architecture(
+        json.loads(json.dumps(base)), ["encoder.architecture=unet"]) == base
+    assert reset_encoder_for_new_architecture(
+        json.loads(json.dumps(base)), ["encoder.depth=3"]) == base
