@@ -165,8 +165,10 @@ class PretrainConfig:
         task: name of the proxy task (`ssl3d_keras.tasks.list_tasks()`).
         task_config: keyword arguments of the task (grid, jitter, ...); the
             task's paper defaults apply to keys not given.
-        encoder: `UNetEncoder` arguments (`input_channels` and `dim` come from the
-            data); `{}` is the paper's encoder.
+        encoder: the encoder table: `architecture` ("unet", the default, or
+            "densenet121" for 2D) and that network's arguments
+            (`ssl3d_keras.models.build_encoder`); `input_channels` and `dim` come
+            from the data. `{}` is the paper's U-Net encoder.
         data: a `DataConfig`.
         optimizer: an `OptimizerConfig`.
         steps: number of optimisation steps.
