@@ -14,6 +14,7 @@ import os
 import keras
 
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models.pyramid import PyramidEncoder
 
 # Keyword arguments keras itself passes to a model constructor.
 _KERAS_KWARGS = ("trainable", "dtype")
@@ -47,7 +48,7 @@ def _dtype_policy(dtype):
 
 
 @keras.saving.register_keras_serializable(package="ssl3d")
-class DenseNetEncoder(keras.Model):
+class DenseNetEncoder(PyramidEncoder):
     """DenseNet-121 without its classifier, as a 2D encoder for every proxy task.
 
     Wraps `keras.applications.DenseNet121(include_top=False, pooling=None)`
@@ -162,73 +163,15 @@ class DenseNetEncoder(keras.Model):
         self.input_size = input_size
         self.pyramid_outputs = pyramid
 
-    def skips_model(self):
-        """A `keras.Model` from the same input to the pyramid outputs and the features.
-
-        The model shares this encoder's layers (and weights).
-
-        Returns:
-            `keras.Model` whose output is a dict with the keys of
-            `pyramid_outputs` plus `"features"` (the encoder output).
-        """
-        outputs = {**self.pyramid_outputs, "features": self.output}
-        return keras.Model(self.input, outputs, name=f"{self.name}_skips")
-
-    def _check_input_shape(self, shape):
-        shape = tuple(None if s is None else int(s) for s in shape)
-        if len(shape) != 4:
-            raise ConfigError(
-                "input_shape",
-                f"{self.name} (DenseNet-121) expects 2D inputs of rank 4 (batch, H, W, C). "
-                f"Received: input_shape={shape}",
-            )
-        if shape[-1] is not None and shape[-1] != self.input_channels:
-            raise ConfigError(
-                "input_shape",
-                f"{self.name} was built for {self.input_channels} input channel(s); "
-                f"use ssl3d_keras.models.adapt_input_channels to change it. "
-                f"Received: input_shape={shape}",
-            )
-        for size in shape[1:-1]:
-            if size is not None and size < self.min_input_size:
-                raise ConfigError(
-                    "input_shape",
-                    f"input size {size} is smaller than {self.min_input_size} for DenseNet-121 "
-                    f"(five stride-2 stages). Received: input_shape={shape[1:]}",
-                )
-
-    def __call__(self, inputs, *args, **kwargs):
-        # Checked before keras wraps the call, so the error stays one clear line.
-        if getattr(inputs, "shape", None) is not None:
-            self._check_input_shape(inputs.shape)
-        return super().__call__(inputs, *args, **kwargs)
-
-    def call(self, inputs, training=None, mask=None):
-        self._check_input_shape(tuple(inputs.shape))
-        return super().call(inputs, training=training, mask=mask)
-
-    def compute_output_spec(self, inputs, training=None, mask=None):
-        self._check_input_shape(inputs.shape)
-        return super().compute_output_spec(inputs, training=training, mask=mask)
+    def _minimum_size_text(self):
+        return f"{self.min_input_size} for DenseNet-121 (five stride-2 stages)"
 
     def get_config(self):
-        input_size = self.input_size
-        if isinstance(input_size, (tuple, list)):
-            input_size = list(input_size)
-        config = {
+        return {
             "input_channels": self.input_channels,
             "weights": self.weights_source,
-            "input_size": input_size,
-            "name": self.name,
-            "trainable": self.trainable,
+            **self._base_config(),
         }
-        if self._dtype_arg is not None:
-            config["dtype"] = keras.saving.serialize_keras_object(self._dtype_arg)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _check_weights(weights, input_channels):

@@ -10,6 +10,7 @@ import math
 import keras
 
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models.pyramid import PyramidEncoder
 
 NORMS = ("batch", "group", "instance", "none")
 
@@ -29,7 +30,7 @@ def _norm_layer(norm, filters, name, dtype):
 
 
 @keras.saving.register_keras_serializable(package="ssl3d")
-class UNetEncoder(keras.Model):
+class UNetEncoder(PyramidEncoder):
     """U-Net encoder (contracting path), 2D or 3D.
 
     Level `l` (0-based, `0..depth-1`) has two blocks
@@ -174,64 +175,13 @@ class UNetEncoder(keras.Model):
         self.min_input_size = min_size
         self.pyramid_outputs = pyramid
 
-    def skips_model(self):
-        """A `keras.Model` from the same input to the skips and the features.
-
-        The model shares this encoder's layers (and weights).
-
-        Returns:
-            `keras.Model` whose output is a dict with the keys of
-            `pyramid_outputs` plus `"features"` (the encoder output).
-        """
-        outputs = {**self.pyramid_outputs, "features": self.output}
-        return keras.Model(self.input, outputs, name=f"{self.name}_skips")
-
-    def _check_input_shape(self, shape):
-        shape = tuple(None if s is None else int(s) for s in shape)
-        expected = self.dim + 2
-        if len(shape) != expected:
-            raise ConfigError(
-                "input_shape",
-                f"{self.name} expects inputs of rank {expected} (batch, *spatial, channels) "
-                f"for dim={self.dim}. Received: input_shape={shape}",
-            )
-        if shape[-1] is not None and shape[-1] != self.input_channels:
-            raise ConfigError(
-                "input_shape",
-                f"{self.name} was built for {self.input_channels} input channel(s); "
-                f"use ssl3d_keras.models.adapt_input_channels to change it. "
-                f"Received: input_shape={shape}",
-            )
+    def _minimum_size_text(self):
         pools = self.depth + int(self.final_pool)
-        for size in shape[1:-1]:
-            if size is not None and size < self.min_input_size:
-                raise ConfigError(
-                    "input_shape",
-                    f"input size {size} is smaller than 2**{pools} = {self.min_input_size} "
-                    f"for a depth-{self.depth} encoder"
-                    f"{' with final pooling' if self.final_pool else ''}. "
-                    f"Received: input_shape={shape[1:]}",
-                )
-
-    def __call__(self, inputs, *args, **kwargs):
-        # Checked before keras wraps the call, so the error stays one clear line.
-        if getattr(inputs, "shape", None) is not None:
-            self._check_input_shape(inputs.shape)
-        return super().__call__(inputs, *args, **kwargs)
-
-    def call(self, inputs, training=None, mask=None):
-        self._check_input_shape(tuple(inputs.shape))
-        return super().call(inputs, training=training, mask=mask)
-
-    def compute_output_spec(self, inputs, training=None, mask=None):
-        self._check_input_shape(inputs.shape)
-        return super().compute_output_spec(inputs, training=training, mask=mask)
+        pooling = " with final pooling" if self.final_pool else ""
+        return f"2**{pools} = {self.min_input_size} for a depth-{self.depth} encoder{pooling}"
 
     def get_config(self):
-        input_size = self.input_size
-        if isinstance(input_size, (tuple, list)):
-            input_size = list(input_size)
-        config = {
+        return {
             "input_channels": self.input_channels,
             "dim": self.dim,
             "depth": self.depth,
@@ -240,17 +190,8 @@ class UNetEncoder(keras.Model):
             "norm": self.norm,
             "dropout": self.dropout,
             "final_pool": self.final_pool,
-            "input_size": input_size,
-            "name": self.name,
-            "trainable": self.trainable,
+            **self._base_config(),
         }
-        if self._dtype_arg is not None:
-            config["dtype"] = keras.saving.serialize_keras_object(self._dtype_arg)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _check_int(key, value, minimum):
