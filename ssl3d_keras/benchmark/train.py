@@ -115,9 +115,10 @@ def compare_training(*, precisions=("float32", "mixed_bfloat16"), jit=(False, Tr
 def format_results(results):
     """A plain-text table of `measure_training` results."""
     lines = [f"{'task':<9} {'size':>4} {'batch':>5} {'precision':<15} {'jit':<5} "
-             f"{'step s (median)':>15} {'examples/s':>10} {'first step s':>12}"]
+             f"{'step s (median)':>15} {'examples/s':>10} {'speed-up':>8} {'first step s':>12}"]
     for r in results:
+        speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         lines.append(f"{r['task']:<9} {r['size']:>4} {r['batch_size']:>5} {r['precision']:<15} "
                      f"{str(r['jit_compile']):<5} {r['median_step_sec']:>15.4f} "
-                     f"{r['examples_per_sec']:>10.2f} {r['first_step_sec']:>12.2f}")
+                     f"{r['examples_per_sec']:>10.2f} {speedup:>8} {r['first_step_sec']:>12.2f}")
     return "\n".join(lines)

@@ -1,22 +1,9 @@
 """`ssl3d benchmark`: measure pipeline throughput and training-step speed on this machine."""
 
-import importlib
-import json
 
 import click
 
 from ssl3d_keras.atomic import write_json_atomic
-
-
-def _training_module():
-    """`ssl3d_keras.benchmark.train`, or None when that suite is not installed."""
-    name = "ssl3d_keras.benchmark.train"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        return None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,12 +28,24 @@ def _training_module():
 @click.option("--task", default="rotation", show_default=True,
               help="Proxy task of the train suite.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of data and pipeline.")
-def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats, task, seed):
+@click.option("--compare", is_flag=True,
+              help="Train suite: time every precision (float32, mixed_bfloat16) with XLA off and "
+                   "on, in one run, and report each speed-up over float32 without XLA.")
+@click.option("--paper-encoder", is_flag=True,
+              help="Train suite: the paper's U-Net encoder (16/32/64/128, 256) instead of the "
+                   "reduced one (depth 2, base 8).")
+def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats, task, seed,
+              compare, paper_encoder):
     """Measure how fast the data pipeline and a training step run on this machine.
 
-    Example:
+    Figures are medians of timed repetitions after a warm-up; compare ratios
+    measured in one run, since a shared machine varies between runs.
+
+    Examples:
 
         ssl3d benchmark --suite all --out results.json
+
+        ssl3d benchmark --suite train --compare --crop 64 --paper-encoder
     """
     results = {}
     if suite in ("pipeline", "all"):
@@ -58,19 +57,17 @@ def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats
                                                repeats=repeats)
         click.echo(format_pipeline_results(results["pipeline"]))
     if suite in ("train", "all"):
-        train = _training_module()
-        if train is None:
-            click.echo("The training suite is not installed yet "
-                       "(ssl3d_keras.benchmark.train is missing); skipped.")
-            results["train"] = None
+        from ssl3d_keras.benchmark import train
+
+        click.echo("Running the train suite ...")
+        kwargs = {"task": task, "size": crop, "batch_size": batch_size, "steps": steps}
+        if paper_encoder:
+            kwargs["encoder"] = {}
+        if compare:
+            results["train"] = train.compare_training(**kwargs)
         else:
-            click.echo("Running the train suite ...")
-            results["train"] = train.measure_training(task=task, size=crop,
-                                                      batch_size=batch_size, steps=steps)
-            if hasattr(train, "format_results"):
-                click.echo(train.format_results([results["train"]]))
-            else:
-                click.echo(json.dumps(results["train"], indent=2, default=str))
+            results["train"] = [train.measure_training(**kwargs)]
+        click.echo(train.format_results(results["train"]))
     if out_json:
         path = write_json_atomic(out_json, results, default=str)
         click.echo(f"Wrote {path}")

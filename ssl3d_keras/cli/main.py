@@ -13,6 +13,9 @@ import click
 from ssl3d_keras import __version__
 from ssl3d_keras.errors import Ssl3dError
 
+# Before TensorFlow loads: its C++ logging reads this once (INFO lines otherwise).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 # Subcommand name -> "module:attribute", with the one-line help shown by --help.
 COMMANDS = {
     "pretrain": ("ssl3d_keras.cli.pretrain:pretrain", "Pretrain an encoder with a proxy task."),
@@ -95,6 +98,5 @@ def cli(ctx, debug):
 
         ssl3d pretrain rotation --out runs/rot
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

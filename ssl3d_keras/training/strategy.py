@@ -82,11 +82,12 @@ def resolve_precision(value="auto"):
     """The Keras dtype policy name for the config value.
 
     "auto" is "mixed_float16" on GPU and "float32" on CPU. On a CPU with
-    native bfloat16 (AVX512-BF16/AMX) `mixed_bfloat16` measured 1.2x (paper
-    encoder, 4 x 64^3) to 2.6x (the quick run's dense head, 2 x 32^3) faster,
-    but it stays opt-in: CPUs without native bfloat16 emulate it (slower than
-    float32), and float32 keeps the numerics of a config the same on every
-    machine. (mixed_float16 has no CPU kernels for 3D pooling: GPU only.)
+    native bfloat16 (AVX512-BF16/AMX) `mixed_bfloat16` measured 1.23x faster
+    for the paper encoder at 4 x 64^3 but 0.91x for the reduced encoder at
+    4 x 32^3 (README, "Speed on this machine"), so it stays opt-in: CPUs
+    without native bfloat16 emulate it (slower than float32), and float32
+    keeps the numerics of a config the same on every machine.
+    (mixed_float16 has no CPU kernels for 3D pooling: GPU only.)
     """
     if value == "auto":
         return "mixed_float16" if gpu_count() else "float32"

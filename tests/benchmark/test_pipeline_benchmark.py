@@ -36,8 +36,15 @@ def test_benchmark_cli_writes_json(tmp_path):
     assert saved["pipeline"]["pipeline_shards"]["crops_per_sec"] > 0
 
 
-def test_train_suite_missing_is_reported_not_faked(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "ssl3d_keras.benchmark.train", None)
-    result = CliRunner().invoke(cli, ["benchmark", "--suite", "train"])
+def test_train_suite_compares_precisions_and_xla_in_one_run(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["benchmark", "--suite", "train", "--compare", "--crop",
+                                      "16", "--batch-size", "2", "--steps", "2",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "not installed yet" in result.output
+    rows = json.loads(out.read_text())["train"]
+    settings = [(r["precision"], r["jit_compile"]) for r in rows]
+    assert settings == [("float32", False), ("float32", True), ("mixed_bfloat16", False),
+                        ("mixed_bfloat16", True)]
+    assert rows[0]["speedup"] == 1.0 and all(r["speedup"] > 0 for r in rows)
+    assert "speed-up" in result.output and "1.00x" in result.output
