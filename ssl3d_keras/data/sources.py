@@ -407,11 +407,25 @@ def _folder(root, *, four_d="channels"):
         else:
             cases.append(Case(case_id, (str(p),)))
     if cases and four_d != "time":
-        first = min(cases, key=lambda c: c.case_id)
-        _, channels = nifti.read_header_shape(first.images[0])
+        channels = _channels_of_first_readable(cases)
     names = ("image",) if not channels or channels == 1 else tuple(
         f"channel_{i}" for i in range(channels))
     return VolumeSource("folder", root, cases, names, None, four_d=four_d, frames=frames)
+
+
+def _channels_of_first_readable(cases):
+    """Channel count from the header of the first case (by id) that reads.
+
+    A bad first file must not stop discovery: with `on_error="skip"` it is
+    skipped and reported when loaded. Only when no header reads is its error raised.
+    """
+    first_error = None
+    for case in sorted(cases, key=lambda c: c.case_id):
+        try:
+            return nifti.read_header_shape(case.images[0])[1]
+        except DataError as e:
+            first_error = first_error or e
+    raise first_error
 
 
 def _decathlon(root):
@@ -531,10 +545,7 @@ def _csv(root):
     if n_files > 1:
         names = tuple(f"channel_{i}" for i in range(n_files))
     else:
-        channels = 1
-        if cases and os.path.isfile(cases[0].images[0]):
-            _, channels = nifti.read_header_shape(sorted(cases, key=lambda c: c.case_id)[0]
-                                                  .images[0])
+        channels = _channels_of_first_readable(cases) if cases else 1
         names = ("image",) if channels == 1 else tuple(f"channel_{i}" for i in range(channels))
     return VolumeSource("csv", folder, cases, names, None)
 

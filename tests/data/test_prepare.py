@@ -153,3 +153,18 @@ def test_aptos_photographs_record_grades(tmp_path, rng):
     assert manifest["channel_names"] == ["red", "green", "blue"]
     assert [(c["id"], c["grade"]) for c in manifest["cases"]] == [("a1", 0), ("b2", 3)]
     assert manifest["skipped"][0]["id"] == "zz" and "not found" in manifest["skipped"][0]["reason"]
+
+
+def test_a_bad_first_file_of_a_folder_is_skipped_not_fatal(tmp_path, rng):
+    from tests.data.helpers_nifti import write_nifti
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_nifti(src / "a_flat.nii.gz", rng.random((8, 8)).astype(np.float32))  # first by id
+    write_nifti(src / "b_good.nii.gz", rng.random((8, 8, 8)).astype(np.float32))
+    manifest = prepare_dataset(src, tmp_path / "out", on_error="skip", progress=False)
+    assert [c["id"] for c in manifest["cases"]] == ["b_good"]
+    assert manifest["skipped"][0]["id"] == "a_flat"
+    assert "is 2D" in manifest["skipped"][0]["reason"]
+    with pytest.raises(DataError, match="a_flat.nii.gz: is 2D"):
+        prepare_dataset(src, tmp_path / "out2", on_error="fail", progress=False)
