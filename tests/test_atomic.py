@@ -31,3 +31,14 @@ def test_json_round_trip_and_refused_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json_atomic(path, {"x": float("nan")}, allow_nan=False)
     assert json.loads(path.read_text()) == {"a": [1.5], "b": 1}
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "manifest.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the group, as open() would make it

@@ -12,11 +12,11 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ssl3d_keras.atomic import atomic_path
 from ssl3d_keras.errors import ExportError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -50,9 +50,8 @@ def write_tar_gz(src_dir, out_file):
     src_dir, out_file = Path(src_dir), Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     members = sorted(p for p in src_dir.rglob("*"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}-", dir=out_file.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, \
+    with atomic_path(out_file) as tmp:
+        with open(tmp, "wb") as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for path in members:
@@ -66,11 +65,6 @@ def write_tar_gz(src_dir, out_file):
                     tar.addfile(info)
                 else:
                     raise ExportError(f"{path}: only files and folders can be archived")
-        os.replace(tmp, out_file)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return out_file
 
 
@@ -170,28 +164,29 @@ def download(url, sha256=None, *, max_bytes=DEFAULT_MAX_BYTES, cache=None, timeo
     if final.is_file() and sha256_file(final) == digest:
         return final
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
     try:
-        hasher, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            declared = resp.headers.get("Content-Length")
-            if declared and int(declared) > max_bytes:
-                raise ExportError(f"{url}: download of {declared} bytes exceeds the cap of "
-                                  f"{max_bytes} bytes")
-            for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ExportError(f"{url}: download exceeds the cap of {max_bytes} bytes")
-                hasher.update(chunk)
-                out.write(chunk)
-        if hasher.hexdigest() != digest:
-            raise ExportError(f"{url}: sha256 mismatch, file deleted. Expected {digest}, "
-                              f"received {hasher.hexdigest()}")
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            _fetch_verified(url, tmp, digest, max_bytes, timeout)
     except OSError as e:
         raise ExportError(f"{url}: download failed ({e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return final
+
+
+def _fetch_verified(url, tmp, digest, max_bytes, timeout):
+    """Stream `url` into `tmp`, refusing more than `max_bytes` or a sha256 other than `digest`."""
+    hasher, size = hashlib.sha256(), 0
+    with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        declared = resp.headers.get("Content-Length")
+        if declared and int(declared) > max_bytes:
+            raise ExportError(f"{url}: download of {declared} bytes exceeds the cap of "
+                              f"{max_bytes} bytes")
+        for chunk in iter(lambda: resp.read(_CHUNK), b""):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ExportError(f"{url}: download exceeds the cap of {max_bytes} bytes")
+            hasher.update(chunk)
+            out.write(chunk)
+    if hasher.hexdigest() != digest:
+        raise ExportError(f"{url}: sha256 mismatch, file deleted. Expected {digest}, "
+                          f"received {hasher.hexdigest()}")
 
