@@ -7,6 +7,7 @@ Each subcommand lives in its own module and is imported only when it runs, so
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -100,3 +101,7 @@ def cli(ctx, debug):
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug:
+        # One plain line per warning for people at a terminal, not a source excerpt.
+        warnings.formatwarning = lambda message, category, *args, **kwargs: (
+            f"Warning: {message}\n")

@@ -267,6 +267,31 @@ def _derived_seed(key, stream, index):
     return tf.cast(tf.bitwise.bitwise_and(seed, 0x7FFFFFFF), tf.int32)
 
 
+def cases_smaller_than(manifest, crop_size, *, dim=3, slice_axis=0):
+    """Ids of the prepared cases that `random_crop_pair` would have to zero-pad.
+
+    Padding is a shortcut for some proxy tasks (a rotation moves the padded band),
+    so a run says which volumes need it instead of padding silently.
+
+    Args:
+        manifest: dict read by `read_manifest`.
+        crop_size: tuple of `dim` ints.
+        dim: 3, or 2 (for 3D manifests: slices along `slice_axis`).
+        slice_axis: the axis cut away when a 3D dataset is read as 2D slices.
+
+    Returns:
+        list of case ids (possibly empty).
+    """
+    small = []
+    for case in manifest.get("cases", []):
+        spatial = list(case["final_shape"][:manifest.get("dim", 3)])
+        if dim == 2 and len(spatial) == 3:
+            del spatial[slice_axis]
+        if any(s < c for s, c in zip(spatial, crop_size, strict=False)):
+            small.append(case["id"])
+    return small
+
+
 def random_crop_pair(image, label, size, seed):
     """The same random window of an image and its label (label may be empty).
 

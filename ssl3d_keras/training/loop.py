@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -165,6 +166,26 @@ def _prepare_run_dir(config, out_dir, resume, verbose):
     return config
 
 
+def _warn_about_padding(config):
+    """Warn when prepared volumes are smaller than the crop (they would be zero-padded)."""
+    from ssl3d_keras.data.pipeline import cases_smaller_than
+    from ssl3d_keras.data.shards import read_manifest
+
+    data = config.data
+    if data.prepared is None or data.input_size is None:
+        return
+    manifest = read_manifest(data.prepared)
+    crop = (data.input_size,) * data.dim
+    small = cases_smaller_than(manifest, crop, dim=data.dim, slice_axis=data.slice_axis)
+    if small:
+        shown = ", ".join(small[:5]) + (", ..." if len(small) > 5 else "")
+        warnings.warn(
+            f"{len(small)} of {len(manifest['cases'])} prepared volumes are smaller than the "
+            f"{'x'.join(map(str, crop))} crop and will be zero-padded, which can hand the "
+            f"proxy task a shortcut (e.g. a rotation moves the padded band): {shown}. Prepare "
+            "them with 'ssl3d prepare --shape' or lower --input-size.", UserWarning, stacklevel=2)
+
+
 def _distributed_dataset(config, task, strategy, start_step):
     from functools import partial
 
@@ -253,6 +274,7 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
         if (out_dir / run_lib.SUMMARY_FILE).is_file():
             previous_wall = float(read_json(out_dir / run_lib.SUMMARY_FILE).get("wall_time_sec", 0))
 
+    _warn_about_padding(config)
     dataset = _distributed_dataset(config, task, strategy, start)
     train_step = make_train_step(task, optimizer, strategy, jit_compile=jit_compile)
     _say(verbose, f"Pretraining '{config.task}' for {config.steps} steps (batch "

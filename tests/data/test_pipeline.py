@@ -261,3 +261,15 @@ def test_pipeline_under_mirrored_strategy_with_two_logical_cpus():
                             timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed ok" in result.stdout
+
+
+def test_cases_smaller_than_the_crop_are_named():
+    from ssl3d_keras.data.pipeline import cases_smaller_than
+
+    manifest = {"dim": 3, "cases": [{"id": "big", "final_shape": [40, 40, 40, 1]},
+                                    {"id": "thin", "final_shape": [40, 40, 20, 2]}]}
+    assert cases_smaller_than(manifest, (32, 32, 32)) == ["thin"]
+    assert cases_smaller_than(manifest, (16, 16, 16)) == []
+    # 2D slices along axis 2 see only the first two axes.
+    assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=2) == []
+    assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=0) == ["thin"]

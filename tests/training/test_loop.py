@@ -268,3 +268,19 @@ def test_raw_dataset_is_prepared_into_the_run_first(tmp_path, capsys):
     assert stored["data"]["prepared"] == str(prepared)
     assert stored["data"]["path"] == str(raw)
     assert summary["status"] == "completed"
+
+
+def test_volumes_smaller_than_the_crop_are_warned_about(tmp_path):
+    from ssl3d_keras.data.phantoms import make_phantom
+    from ssl3d_keras.data.shards import MANIFEST_FORMAT, ShardWriter, write_manifest
+
+    data = tmp_path / "prepared"
+    with ShardWriter(data) as writer:
+        shard = writer.write("small", make_phantom(1, size=(20, 20, 12))[0])
+    write_manifest(data, {"format": MANIFEST_FORMAT, "dim": 3, "channels": 1,
+                          "shards": writer.shards,
+                          "cases": [{"id": "small", "final_shape": [20, 20, 12, 1],
+                                     "shard": shard}]})
+    with pytest.warns(UserWarning, match=r"1 of 1 prepared volumes are smaller than the "
+                                         r"16x16x16 crop.*small"):
+        pretrain(tiny(**{"data.path": str(data), "steps": 1}), tmp_path / "run", verbose=False)
