@@ -78,13 +78,20 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx):
+        debug = ctx.params.get("debug")
+        formatwarning = warnings.formatwarning
+        if not debug:
+            # One plain line per warning for people at a terminal, not a source excerpt.
+            warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
         try:
             return super().invoke(ctx)
         except Ssl3dError as e:
-            if ctx.obj and ctx.obj.get("debug"):
+            if debug:
                 raise
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        finally:
+            warnings.formatwarning = formatwarning
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,7 +108,3 @@ def cli(ctx, debug):
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    if not debug:
-        # One plain line per warning for people at a terminal, not a source excerpt.
-        warnings.formatwarning = lambda message, category, *args, **kwargs: (
-            f"Warning: {message}\n")

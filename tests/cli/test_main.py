@@ -37,3 +37,12 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "ssl3d_keras", "--version"], capture_output=True,
                          text=True, check=True)
     assert "ssl3d" in out.stdout and "0.1.0" in out.stdout
+
+
+def test_warnings_are_one_plain_line_only_while_a_command_runs():
+    import warnings
+
+    before = warnings.formatwarning
+    result = CliRunner().invoke(cli, ["info"])
+    assert result.exit_code == 0, result.output
+    assert warnings.formatwarning is before  # no global side effect for library users
