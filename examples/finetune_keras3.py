@@ -24,19 +24,12 @@ def main(argv=None):
 
     import keras
     import numpy as np
+    from pretrain_and_export import savedmodel_for
 
     from ssl3d_keras.data.phantoms import PHANTOM_LABELS, make_phantom
     from ssl3d_keras.export import SavedModelLayer
 
-    export = args.export
-    if export is None:
-        if not args.tiny:
-            parser.error("give --export DIR, or --tiny to make a tiny export first")
-        from pretrain_and_export import tiny_export
-
-        export = tiny_export()
-    path = os.path.join(export, "savedmodel") if os.path.isdir(
-        os.path.join(export, "savedmodel")) else export
+    path = savedmodel_for(parser, args)
 
     size, n, epochs = (16, 2, 2) if args.tiny else (32, 8, args.epochs)
     pairs = [make_phantom(seed, size=size) for seed in range(n)]

@@ -43,16 +43,9 @@ def main(argv=None):
     import tensorflow as tf
     import tensorflow_hub as hub
     import tf_keras
+    from pretrain_and_export import savedmodel_for
 
-    export = args.export
-    if export is None:
-        if not args.tiny:
-            parser.error("give --export DIR, or --tiny to make a tiny export first")
-        from pretrain_and_export import tiny_export
-
-        export = tiny_export()
-    path = os.path.join(export, "savedmodel") if os.path.isdir(
-        os.path.join(export, "savedmodel")) else export
+    path = savedmodel_for(parser, args)
 
     size, n, epochs = (16, 4, 2) if args.tiny else (32, 16, args.epochs)
     x, y = flip_dataset(n, size)

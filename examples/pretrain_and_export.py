@@ -60,6 +60,18 @@ def tiny_export():
     return pretrain_and_export(out, tiny=True)
 
 
+def savedmodel_for(parser, args):
+    """The SavedModel folder a fine-tuning example uses: `--export` (or its savedmodel/),
+    or with `--tiny` and no `--export`, a tiny export made on the spot."""
+    export = args.export
+    if export is None:
+        if not args.tiny:
+            parser.error("give --export DIR, or --tiny to make a tiny export first")
+        export = tiny_export()
+    nested = os.path.join(export, "savedmodel")
+    return nested if os.path.isdir(nested) else export
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (run/ and export/)")

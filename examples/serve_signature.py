@@ -23,16 +23,9 @@ def main(argv=None):
 
     import numpy as np
     import tensorflow as tf
+    from pretrain_and_export import savedmodel_for
 
-    export = args.export
-    if export is None:
-        if not args.tiny:
-            parser.error("give --export DIR, or --tiny to make a tiny export first")
-        from pretrain_and_export import tiny_export
-
-        export = tiny_export()
-    path = os.path.join(export, "savedmodel") if os.path.isdir(
-        os.path.join(export, "savedmodel")) else export
+    path = savedmodel_for(parser, args)
 
     loaded = tf.saved_model.load(path)
     serve = loaded.signatures["serving_default"]

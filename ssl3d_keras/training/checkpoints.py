@@ -55,9 +55,9 @@ class RunCheckpoints:
     def __init__(self, directory, model, optimizer, step, max_to_keep=3):
         self.directory = str(directory)
         self.step = step
-        # The flat weight list covers layers that Keras keeps in Python lists
-        # (e.g. the head's hidden blocks): tf.train.Checkpoint's object graph
-        # does not reach those through `model`.
+        # The flat weight list also covers any layer a task keeps in a plain Python
+        # container, which tf.train.Checkpoint's object graph does not reach through
+        # `model` (the heads once did; load_run's test reads this list back).
         objects = {"model": model, "weights": list(model.weights), "step": step}
         seed_states = random_states(model)
         if seed_states:
