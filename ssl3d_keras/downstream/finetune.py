@@ -1,0 +1,487 @@
+"""`finetune`: a pretrained (or fresh) encoder + U-Net decoder trained on a few labelled cases.
+
+A run directory holds:
+
+```
+config.json       the resolved FinetuneConfig
+splits.json       which case trained, validated and tested
+checkpoints/      model, both optimisers and the step (resume)
+best.weights.h5   the weights with the best validation Dice (best.json says when)
+training.csv      step, loss, lr, phase, examples/s, wall
+validation.csv    step, mean foreground Dice on the validation cases
+tensorboard/      the same as scalars
+metrics.json      per test case and class, and the summary (mean, sd, median)
+metrics.csv       one row per test case
+predictions/      each test case as NIfTI on its source file's grid
+model.keras       the fine-tuned model (`ssl3d predict` loads it)
+summary.json      what the run did, in short
+```
+
+Schedules (the paper's transfer protocol): `frozen` trains the decoder only,
+with the encoder's BatchNorm in inference mode; `warmup` does that for
+`warmup_steps`, then trains every layer with a fresh Adam; `full` trains every
+layer from the start. Scratch runs get the same step budget.
+"""
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ssl3d_keras.atomic import atomic_path, write_json_atomic
+from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.downstream.config import FinetuneConfig, validate
+from ssl3d_keras.errors import ConfigError, DataError
+
+__all__ = ["finetune", "load_finetuned", "build_encoder_for", "as_config"]
+
+CONFIG_FILE = "config.json"
+TRAINING_COLUMNS = ("step", "loss", "lr", "phase", "examples_per_sec", "wall")
+
+
+def as_config(config):
+    """A validated `FinetuneConfig` from a config, a dict, or None."""
+    if config is None:
+        config = FinetuneConfig()
+    elif not isinstance(config, FinetuneConfig):
+        config = from_dict(FinetuneConfig, config)
+    return validate(config)
+
+
+# ----- the encoder -----------------------------------------------------------------------------
+
+
+def _divisible_by(encoder):
+    value = getattr(encoder, "divisible_by", None)
+    if value is None and hasattr(encoder, "depth"):
+        value = 2 ** int(encoder.depth)
+    if value is None:
+        meta = getattr(encoder, "ssl3d_metadata", None) or {}
+        value = (meta.get("input") or {}).get("divisible_by") or meta.get("divisible_by")
+    return int(value or 1)
+
+
+def build_encoder_for(config, channels, dim):
+    """The encoder a run starts from, and a line saying where it came from.
+
+    Returns:
+        `(encoder, skips, info)`: the encoder `keras.Model`, a callable giving
+        its skip dict (`skips_model()` or a `SavedModelLayer(output="skips")`),
+        and a dict (`source`, `channel_report`, `divisible_by`, `min_input_size`).
+
+    Raises:
+        ConfigError: channels or dimensionality that do not match the data.
+    """
+    from ssl3d_keras.models.factory import build_encoder
+
+    if config.encoder is None:
+        encoder = build_encoder(dict(config.scratch_encoder), input_channels=channels, dim=dim)
+        source = f"scratch ({config.scratch_encoder})"
+    else:
+        from ssl3d_keras.export.loader import load_encoder
+
+        encoder = load_encoder(config.encoder)
+        encoder_dim = getattr(encoder, "dim", len(encoder.inputs[0].shape) - 2)
+        if encoder_dim != dim:
+            raise ConfigError("data.dim", f"the encoder {config.encoder} is {encoder_dim}D; set "
+                              f"data.dim={encoder_dim} (a 2D encoder runs slice-wise on 3D "
+                              f"cases). Received: data.dim={dim}")
+        have = int(encoder.inputs[0].shape[-1])
+        if config.scratch:
+            if not hasattr(encoder, "get_config") or not hasattr(encoder, "skips_model"):
+                raise ConfigError("scratch", f"{config.encoder} is a SavedModel, whose "
+                                  "architecture cannot be rebuilt with fresh weights; use its "
+                                  "preset, or scratch without an encoder")
+            table = encoder.get_config()
+            table["input_channels"] = channels
+            encoder = type(encoder).from_config(table)
+            source = f"scratch (the architecture of {config.encoder})"
+        elif have != channels:
+            if config.adapt_channels is None:
+                raise ConfigError("adapt_channels", f"the encoder {config.encoder} takes {have} "
+                                  f"channel(s) and the data has {channels}; set adapt_channels "
+                                  "to 'mean', 'repeat' or 'zero' (--adapt-channels) to map its "
+                                  f"first convolution. Received: adapt_channels=None")
+            from ssl3d_keras.models.channels import adapt_input_channels
+
+            encoder, report = adapt_input_channels(encoder, channels, mode=config.adapt_channels)
+            source = f"{config.encoder} ({report})"
+        else:
+            source = str(config.encoder)
+    if hasattr(encoder, "skips_model"):
+        skips = encoder.skips_model()
+    else:
+        from ssl3d_keras.export.layer import SavedModelLayer
+
+        layer = next(x for x in encoder.layers if isinstance(x, SavedModelLayer))
+        skips = SavedModelLayer(layer.handle, output="skips", name="savedmodel_skips")
+    info = {"source": source, "divisible_by": _divisible_by(encoder),
+            "min_input_size": int(getattr(encoder, "min_input_size", 1) or 1)}
+    return encoder, skips, info
+
+
+def _check_patch(config, info):
+    size, step = config.patch_size, info["divisible_by"]
+    if size % step or size < info["min_input_size"]:
+        raise ConfigError("patch_size", f"the encoder needs sizes that are multiples of {step} "
+                          f"and at least {info['min_input_size']}. Received: patch_size={size}")
+    window = config.evaluation.window or size
+    if window % step:
+        raise ConfigError("evaluation.window", f"must be a multiple of {step} for this encoder. "
+                          f"Received: {window}")
+    return window
+
+
+# ----- the run directory -----------------------------------------------------------------------
+
+
+def _prepare_run_dir(config, out_dir, resume):
+    path = out_dir / CONFIG_FILE
+    if resume:
+        if not path.is_file():
+            raise DataError(out_dir, "nothing to resume: no config.json in this folder")
+        from ssl3d_keras.training.checkpoints import read_json
+
+        return as_config(read_json(path)), True
+    if (out_dir / "checkpoints" / "checkpoint").is_file():
+        raise ConfigError("out", f"{out_dir} already holds a fine-tuning run; resume it or choose "
+                          f"another folder. Received: out={str(out_dir)!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("training.csv", "validation.csv", "best.json", "best.weights.h5",
+                  "metrics.json", "metrics.csv", "summary.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    return config, False
+
+
+class _CsvLog:
+    """Append-only CSV with a header, flushed at every row (a crash loses nothing written)."""
+
+    def __init__(self, path, columns, keep_until=None):
+        self.path = Path(path)
+        self.columns = columns
+        if keep_until is not None and self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= keep_until]
+            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns)
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, row):
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+# ----- training --------------------------------------------------------------------------------
+
+
+def _make_train_step(model, optimizer, loss_fn):
+    """One optimisation step over the model's current trainable variables."""
+    import tensorflow as tf
+
+    variables = list(model.trainable_variables)
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(images, training=True)
+            loss = loss_fn(labels, probabilities)
+            if model.losses:
+                loss = loss + tf.add_n(model.losses)
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return loss
+
+    return step
+
+
+def _adam(rate, config):
+    import keras
+
+    kwargs = {"learning_rate": rate}
+    if config.clipnorm is not None:
+        kwargs["clipnorm"] = config.clipnorm
+    if config.weight_decay is not None:
+        kwargs["weight_decay"] = config.weight_decay
+    return keras.optimizers.Adam(**kwargs)
+
+
+def _phase(config, step):
+    """`"frozen"` or `"full"`: what trains at (0-based) step `step`."""
+    if config.schedule == "frozen":
+        return "frozen"
+    if config.schedule == "warmup" and step < config.warmup_steps:
+        return "frozen"
+    return "full"
+
+
+def _training_volumes(config, dataset, train_ids):
+    from ssl3d_keras.downstream.dataset import case_volumes
+
+    volumes = case_volumes(dataset, train_ids)
+    if config.data.dim == 2:
+        import tensorflow as tf
+
+        from ssl3d_keras.data.pipeline import volume_slices
+
+        counts = sum(int(dataset.cases[c]["final_shape"][config.data.slice_axis])
+                     for c in train_ids)
+        volumes = volume_slices(volumes, slice_axis=config.data.slice_axis).apply(
+            tf.data.experimental.assert_cardinality(counts))
+    return volumes
+
+
+def _validation_score(model, dataset, ids, config, window, info):
+    from ssl3d_keras.downstream.evaluate import evaluate_cases
+
+    rows = evaluate_cases(model, dataset, ids, dim=config.data.dim, window=window,
+                          evaluation=config.evaluation, divisible_by=info["divisible_by"],
+                          slice_axis=config.data.slice_axis)
+    values = [r["dice_mean"] for r in rows if not math.isnan(r["dice_mean"])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True):
+    """Fine-tune a segmentation model and score it on whole test cases.
+
+    Args:
+        config: a `FinetuneConfig`, a dict of its fields, or None (resume only).
+        out_dir: the run directory (see the module docstring).
+        resume: continue the run in `out_dir` from its latest checkpoint with
+            its stored config.
+        verbose: progress bars and messages.
+
+    Returns:
+        dict, the summary (also `summary.json`): `test` (mean, sd, median and
+        n of every metric), `best_step`, `best_validation_dice`, `splits`,
+        `steps`, `wall_time_sec`, `run_dir`.
+
+    Raises:
+        ConfigError, DataError: a bad config or dataset, before any training.
+    """
+    import keras
+    import tensorflow as tf
+
+    from ssl3d_keras.downstream.dataset import check_label_values, open_labelled, resolve_dataset
+    from ssl3d_keras.downstream.splits import make_splits
+    from ssl3d_keras.training.checkpoints import read_json
+
+    out_dir = Path(out_dir)
+    config, resuming = _prepare_run_dir(as_config(config) if config is not None or not resume
+                                        else None, out_dir, resume)
+    if config.task != "segmentation":
+        from ssl3d_keras.downstream.classify import finetune_classifier
+
+        return finetune_classifier(config, out_dir, resume=resuming, verbose=verbose)
+    resolve_dataset(config.data, out_dir, progress=verbose)
+    dataset = open_labelled(config.data, "segmentation")
+    s = config.split
+    splits = make_splits(list(dataset.cases), label_fraction=s.label_fraction, repeat=s.repeat,
+                         seed=s.seed, test_fraction=s.test_fraction,
+                         validation_fraction=s.validation_fraction)
+    if not resuming:
+        check_label_values(dataset, splits.train + splits.validation + splits.test)
+        write_json_atomic(out_dir / CONFIG_FILE, to_dict(config))
+        write_json_atomic(out_dir / "splits.json", splits.as_dict())
+        write_json_atomic(out_dir / "preprocessing.json",
+                          dataset.manifest.get("preprocessing") or {})
+
+    keras.utils.set_random_seed(config.seed)
+    encoder, skips, info = build_encoder_for(config, dataset.channels, config.data.dim)
+    window = _check_patch(config, info)
+    from ssl3d_keras.downstream.losses import make_segmentation_loss
+    from ssl3d_keras.downstream.models import build_segmentation_model, set_encoder_trainable
+
+    model = build_segmentation_model(skips, dataset.num_classes, dim=config.data.dim,
+                                     input_channels=dataset.channels)
+    loss_fn = make_segmentation_loss(config.loss, dataset.num_classes)
+    o = config.optimizer
+    head_optimizer = _adam(o.learning_rate, o)
+    full_optimizer = _adam(o.unfrozen_learning_rate or o.learning_rate, o)
+    set_encoder_trainable(model, False)
+    head_optimizer.build(model.trainable_variables)
+    set_encoder_trainable(model, True)
+    full_optimizer.build(model.trainable_variables)
+
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, weights=list(model.weights),
+                                     head_optimizer=head_optimizer,
+                                     optimizer=full_optimizer, step=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"), max_to_keep=2,
+                                         checkpoint_name="ckpt")
+    start = 0
+    best = {"step": None, "dice": -1.0}
+    if resuming and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start = int(step_var.numpy())
+        if (out_dir / "best.json").is_file():
+            best = read_json(out_dir / "best.json")
+    if verbose:
+        print(f"Fine-tuning {info['source']} on {len(splits.train)} case(s) "
+              f"({s.label_fraction:g} of {len(splits.pool)}), validating on "
+              f"{len(splits.validation)}, testing on {len(splits.test)}; "
+              f"{dataset.num_classes} classes; schedule {config.schedule}", flush=True)
+
+    patch = (config.patch_size,) * config.data.dim
+    from ssl3d_keras.downstream.patches import segmentation_batches
+
+    batches = segmentation_batches(_training_volumes(config, dataset, splits.train),
+                                   patch_size=patch, batch_size=config.batch_size,
+                                   seed=config.seed, foreground_share=config.foreground_share,
+                                   start_batch=start, cache=config.data.cache)
+    training_log = _CsvLog(out_dir / "training.csv", TRAINING_COLUMNS,
+                           keep_until=start if resuming else None)
+    validation_log = _CsvLog(out_dir / "validation.csv", ("step", "dice_mean"),
+                             keep_until=start if resuming else None)
+    summary_writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
+    from ssl3d_keras.training.logging import write_scalar
+
+    progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "val_dice"],
+                                  unit_name="step") if verbose else None
+    if progbar is not None:
+        progbar.update(start)
+
+    def validate_now(step):
+        if not splits.validation:
+            return None
+        score = _validation_score(model, dataset, splits.validation, config, window, info)
+        validation_log.write({"step": step, "dice_mean": score})
+        with summary_writer.as_default(step=step):
+            write_scalar("validation/dice_mean", score)
+        if not math.isnan(score) and score > best["dice"]:
+            best.update(step=step, dice=score)
+            with atomic_path(out_dir / "best.weights.h5") as tmp:
+                model.save_weights(str(tmp))
+            write_json_atomic(out_dir / "best.json", best)
+        return score
+
+    phase, train_step, window_losses = None, None, []
+    started = time.perf_counter()
+    window_start = started
+    iterator = iter(batches)
+    for step in range(start, config.steps):
+        wanted = _phase(config, step)
+        if wanted != phase:
+            phase = wanted
+            set_encoder_trainable(model, phase == "full")
+            optimizer = full_optimizer if phase == "full" else head_optimizer
+            train_step = _make_train_step(model, optimizer, loss_fn)
+        images, labels = next(iterator)
+        loss = float(train_step(images, labels))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step + 1}; lower "
+                                     "optimizer.learning_rate. The last checkpoint is kept: "
+                                     f"{manager.latest_checkpoint}")
+        window_losses.append(loss)
+        done = step + 1
+        val = None
+        if done % config.log_every == 0 or done == config.steps:
+            now = time.perf_counter()
+            rate = (optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
+                    else optimizer.learning_rate)
+            row = {"step": done, "loss": float(np.mean(window_losses)), "lr": float(rate),
+                   "phase": phase, "wall": now - started,
+                   "examples_per_sec": len(window_losses) * config.batch_size
+                   / max(now - window_start, 1e-9)}
+            training_log.write(row)
+            with summary_writer.as_default(step=done):
+                write_scalar("loss", row["loss"])
+                write_scalar("learning_rate", row["lr"])
+            window_losses, window_start = [], now
+        every = config.evaluation.validate_every
+        if (every and done % every == 0) or done == config.steps:
+            val = validate_now(done)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            step_var.assign(done)
+            manager.save(checkpoint_number=done)
+        if progbar is not None:
+            values = [("loss", loss)] + ([("val_dice", val)] if val is not None else [])
+            progbar.update(done, values=values)
+    training_log.close()
+    validation_log.close()
+    summary_writer.close()
+
+    if best["step"] is not None and (out_dir / "best.weights.h5").is_file():
+        model.load_weights(str(out_dir / "best.weights.h5"))
+    summary = _test(model, dataset, splits, config, window, info, out_dir, verbose)
+    summary.update({"best_step": best["step"], "best_validation_dice": best["dice"]
+                    if best["step"] is not None else None, "encoder": info["source"],
+                    "steps": config.steps, "run_dir": str(out_dir),
+                    "train_wall_time_sec": time.perf_counter() - started})
+    with atomic_path(out_dir / "model.keras") as tmp:
+        model.save(str(tmp))
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def _test(model, dataset, splits, config, window, info, out_dir, verbose):
+    """Score the test cases, write metrics.json / metrics.csv / predictions; returns the summary."""
+    from ssl3d_keras.downstream.evaluate import evaluate_cases
+    from ssl3d_keras.downstream.metrics import summarize
+
+    predictions = out_dir / "predictions" if config.evaluation.write_predictions else None
+    bar = None
+    if verbose:
+        import keras
+
+        print(f"Scoring {len(splits.test)} whole test case(s) with sliding windows", flush=True)
+        bar = keras.utils.Progbar(len(splits.test), unit_name="case")
+    rows = evaluate_cases(model, dataset, splits.test, dim=config.data.dim, window=window,
+                          evaluation=config.evaluation, divisible_by=info["divisible_by"],
+                          slice_axis=config.data.slice_axis, predictions_dir=predictions,
+                          progress=(lambda done, total, case: bar.update(done)) if bar else None)
+    metric_keys = [k for k in rows[0] if k != "case"] if rows else []
+    stats = summarize([{k: r[k] for k in metric_keys} for r in rows])
+    write_json_atomic(out_dir / "metrics.json",
+                      {"cases": rows, "summary": stats,
+                       "classes": {str(k): v for k, v in dataset.class_names.items()},
+                       "note": "Dice 1.0 when a class is absent from both reference and "
+                               "prediction; HD95 NaN then (left out of means) and the volume "
+                               "diagonal in mm when only one of them is empty"},
+                      allow_nan=True)
+    with atomic_path(out_dir / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["case", *metric_keys])
+        writer.writeheader()
+        writer.writerows(rows)
+    if verbose and "dice_mean" in stats:
+        d = stats["dice_mean"]
+        print(f"Test Dice (mean over foreground classes): {d['mean']:.3f} +- {d['sd']:.3f} "
+              f"over {d['n']} case(s)", flush=True)
+    return {"test": stats, "splits": splits.as_dict()}
+
+
+def load_finetuned(run_dir):
+    """The fine-tuned model and config of a run directory.
+
+    Returns:
+        `(model, config)`.
+
+    Raises:
+        DataError: no model.keras (the run has not finished) or no config.json.
+    """
+    import keras
+
+    from ssl3d_keras.training.checkpoints import read_json
+
+    run_dir = Path(run_dir)
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise DataError(run_dir, "no model.keras: not a finished fine-tuning run (resume it "
+                        "to the end first)")
+    config = as_config(read_json(run_dir / CONFIG_FILE))
+    import ssl3d_keras.downstream.models  # noqa: F401  (registers the serialisable layers)
+    import ssl3d_keras.export.layer  # noqa: F401
+    import ssl3d_keras.models  # noqa: F401
+
+    return keras.saving.load_model(str(path), compile=False), config
