@@ -6,7 +6,8 @@ import click
 from ssl3d_keras.atomic import write_json_atomic
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--suite", default="pipeline", show_default=True,
               type=click.Choice(["pipeline", "train", "all"]),
               help="pipeline: phantom generation, shard write/read and tf.data crops/s; "
@@ -34,9 +35,14 @@ from ssl3d_keras.atomic import write_json_atomic
 @click.option("--paper-encoder", is_flag=True,
               help="Train suite: the paper's U-Net encoder (16/32/64/128, 256) instead of the "
                    "reduced one (depth 2, base 8).")
-def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats, task, seed,
-              compare, paper_encoder):
-    """Measure how fast the data pipeline and a training step run on this machine.
+@click.pass_context
+def benchmark(ctx, suite, out_json, n_volumes, size, crop, batch_size, steps, repeats, task,
+              seed, compare, paper_encoder):
+    """Measure speed on this machine, or run the data-efficiency experiment.
+
+    `ssl3d benchmark data-efficiency --help` describes the paper's label-fraction
+    experiment (pretrained vs scratch vs 2D); the options below time the data
+    pipeline and a training step.
 
     Figures are medians of timed repetitions after a warm-up; compare ratios
     measured in one run, since a shared machine varies between runs.
@@ -47,6 +53,8 @@ def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats
 
         ssl3d benchmark --suite train --compare --crop 64 --paper-encoder
     """
+    if ctx.invoked_subcommand is not None:
+        return  # `ssl3d benchmark data-efficiency ...`
     results = {}
     if suite in ("pipeline", "all"):
         from ssl3d_keras.benchmark.pipeline import format_pipeline_results, measure_pipeline
@@ -71,3 +79,12 @@ def benchmark(suite, out_json, n_volumes, size, crop, batch_size, steps, repeats
     if out_json:
         path = write_json_atomic(out_json, results, default=str)
         click.echo(f"Wrote {path}")
+
+
+def _add_subcommands():
+    from ssl3d_keras.cli.data_efficiency import data_efficiency
+
+    benchmark.add_command(data_efficiency)
+
+
+_add_subcommands()

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 COMMANDS = {
     "pretrain": ("ssl3d_keras.cli.pretrain:pretrain", "Pretrain an encoder with a proxy task."),
     "finetune": ("ssl3d_keras.cli.finetune:finetune", "Fine-tune an encoder downstream."),
+    "predict": ("ssl3d_keras.cli.predict:predict", "Segment new scans with a fine-tuned model."),
     "export": ("ssl3d_keras.cli.export:export", "Export a run as preset, SavedModel, TF Hub archive."),
     "prepare": ("ssl3d_keras.cli.prepare:prepare", "Preprocess a dataset into TFRecord shards."),
     "phantoms": ("ssl3d_keras.cli.phantoms:phantoms", "Write synthetic phantoms as a Decathlon dataset."),
