@@ -130,8 +130,11 @@ def finetune(encoder, scratch, data_path, task, label_fraction, repeat, schedule
     click.echo(f"  model:       {Path(summary['run_dir']) / 'model.keras'} (ssl3d predict "
                f"{summary['run_dir']} --data PATH --out DIR)")
     test = summary["test"]
-    key = "dice_mean" if "dice_mean" in test else "kappa"
-    if key in test:
-        stats = test[key]
-        click.echo(f"Test {key}: {stats['mean']:.3f} +- {stats['sd']:.3f} over {stats['n']} "
-                   f"case(s); best validation at step {summary.get('best_step')}")
+    if "dice_mean" in test:
+        stats = test["dice_mean"]
+        click.echo(f"Test Dice (mean over foreground classes): {stats['mean']:.3f} +- "
+                   f"{stats['sd']:.3f} over {stats['n']} case(s); best validation at step "
+                   f"{summary.get('best_step')}")
+    elif "kappa" in test:
+        click.echo(f"Test quadratic weighted kappa {test['kappa']:.3f}, accuracy "
+                   f"{test['accuracy']:.3f} over {test['n']} case(s)")

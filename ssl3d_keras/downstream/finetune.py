@@ -17,13 +17,14 @@ model.keras       the fine-tuned model (`ssl3d predict` loads it)
 summary.json      what the run did, in short
 ```
 
-Schedules (the paper's transfer protocol): `frozen` trains the decoder only,
-with the encoder's BatchNorm in inference mode; `warmup` does that for
-`warmup_steps`, then trains every layer with a fresh Adam; `full` trains every
-layer from the start. Scratch runs get the same step budget.
+The schedules and the loop are in `ssl3d_keras.downstream.trainer`; scratch
+runs get the same step budget. Classification runs (`task="classification"`)
+go through `ssl3d_keras.downstream.classify` and write the same files, with
+per-case grades and the quadratic weighted kappa instead of Dice.
 """
 
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -38,7 +39,6 @@ from ssl3d_keras.errors import ConfigError, DataError
 __all__ = ["finetune", "load_finetuned", "build_encoder_for", "as_config"]
 
 CONFIG_FILE = "config.json"
-TRAINING_COLUMNS = ("step", "loss", "lr", "phase", "examples_per_sec", "wall")
 
 
 def as_config(config):
@@ -155,77 +155,6 @@ def _prepare_run_dir(config, out_dir, resume):
     return config, False
 
 
-class _CsvLog:
-    """Append-only CSV with a header, flushed at every row (a crash loses nothing written)."""
-
-    def __init__(self, path, columns, keep_until=None):
-        self.path = Path(path)
-        self.columns = columns
-        if keep_until is not None and self.path.is_file():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= keep_until]
-            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self._file = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=columns)
-        if new:
-            self._writer.writeheader()
-            self._file.flush()
-
-    def write(self, row):
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self):
-        self._file.close()
-
-
-# ----- training --------------------------------------------------------------------------------
-
-
-def _make_train_step(model, optimizer, loss_fn):
-    """One optimisation step over the model's current trainable variables."""
-    import tensorflow as tf
-
-    variables = list(model.trainable_variables)
-
-    @tf.function
-    def step(images, labels):
-        with tf.GradientTape() as tape:
-            probabilities = model(images, training=True)
-            loss = loss_fn(labels, probabilities)
-            if model.losses:
-                loss = loss + tf.add_n(model.losses)
-        gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return loss
-
-    return step
-
-
-def _adam(rate, config):
-    import keras
-
-    kwargs = {"learning_rate": rate}
-    if config.clipnorm is not None:
-        kwargs["clipnorm"] = config.clipnorm
-    if config.weight_decay is not None:
-        kwargs["weight_decay"] = config.weight_decay
-    return keras.optimizers.Adam(**kwargs)
-
-
-def _phase(config, step):
-    """`"frozen"` or `"full"`: what trains at (0-based) step `step`."""
-    if config.schedule == "frozen":
-        return "frozen"
-    if config.schedule == "warmup" and step < config.warmup_steps:
-        return "frozen"
-    return "full"
-
-
 def _training_volumes(config, dataset, train_ids):
     from ssl3d_keras.downstream.dataset import case_volumes
 
@@ -252,6 +181,55 @@ def _validation_score(model, dataset, ids, config, window, info):
     return float(np.mean(values)) if values else float("nan")
 
 
+@dataclasses.dataclass
+class StartedRun:
+    """What both downstream tasks set up before training (see `_start_run`)."""
+
+    config: FinetuneConfig
+    resuming: bool
+    dataset: object
+    splits: object
+    encoder: object
+    skips: object
+    info: dict
+
+
+def _start_run(config, out_dir, resume, verbose):
+    """Run folder, data, splits and encoder: everything checked before any training step."""
+    import keras
+
+    from ssl3d_keras.downstream.dataset import check_label_values, open_labelled, resolve_dataset
+    from ssl3d_keras.downstream.splits import make_splits
+
+    config, resuming = _prepare_run_dir(as_config(config) if config is not None or not resume
+                                        else None, out_dir, resume)
+    resolve_dataset(config.data, out_dir, progress=verbose)
+    dataset = open_labelled(config.data, config.task)
+    s = config.split
+    splits = make_splits(list(dataset.cases), label_fraction=s.label_fraction, repeat=s.repeat,
+                         seed=s.seed, test_fraction=s.test_fraction,
+                         validation_fraction=s.validation_fraction)
+    if not resuming:
+        if config.task == "segmentation":
+            check_label_values(dataset, splits.train + splits.validation + splits.test)
+        write_json_atomic(out_dir / CONFIG_FILE, to_dict(config))
+        write_json_atomic(out_dir / "splits.json", splits.as_dict())
+        write_json_atomic(out_dir / "preprocessing.json",
+                          dataset.manifest.get("preprocessing") or {})
+    keras.utils.set_random_seed(config.seed)
+    dim = config.data.dim if config.task == "segmentation" else dataset.dim
+    encoder, skips, info = build_encoder_for(config, dataset.channels, dim)
+    info["window"] = _check_patch(config, info)
+    if verbose:
+        what = (f"{dataset.num_classes} classes" if config.task == "segmentation"
+                else f"{dataset.num_classes} grades")
+        print(f"Fine-tuning {info['source']} for {config.task} on {len(splits.train)} case(s) "
+              f"({s.label_fraction:.0%} of {len(splits.pool)}), validating on "
+              f"{len(splits.validation)}, testing on {len(splits.test)}; {what}; schedule "
+              f"{config.schedule}", flush=True)
+    return StartedRun(config, resuming, dataset, splits, encoder, skips, info)
+
+
 def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True):
     """Fine-tune a segmentation model and score it on whole test cases.
 
@@ -270,155 +248,46 @@ def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True
     Raises:
         ConfigError, DataError: a bad config or dataset, before any training.
     """
-    import keras
-    import tensorflow as tf
-
-    from ssl3d_keras.downstream.dataset import check_label_values, open_labelled, resolve_dataset
-    from ssl3d_keras.downstream.splits import make_splits
-    from ssl3d_keras.training.checkpoints import read_json
-
     out_dir = Path(out_dir)
-    config, resuming = _prepare_run_dir(as_config(config) if config is not None or not resume
-                                        else None, out_dir, resume)
-    if config.task != "segmentation":
+    run = _start_run(config, out_dir, resume, verbose)
+    if run.config.task == "classification":
         from ssl3d_keras.downstream.classify import finetune_classifier
 
-        return finetune_classifier(config, out_dir, resume=resuming, verbose=verbose)
-    resolve_dataset(config.data, out_dir, progress=verbose)
-    dataset = open_labelled(config.data, "segmentation")
-    s = config.split
-    splits = make_splits(list(dataset.cases), label_fraction=s.label_fraction, repeat=s.repeat,
-                         seed=s.seed, test_fraction=s.test_fraction,
-                         validation_fraction=s.validation_fraction)
-    if not resuming:
-        check_label_values(dataset, splits.train + splits.validation + splits.test)
-        write_json_atomic(out_dir / CONFIG_FILE, to_dict(config))
-        write_json_atomic(out_dir / "splits.json", splits.as_dict())
-        write_json_atomic(out_dir / "preprocessing.json",
-                          dataset.manifest.get("preprocessing") or {})
-
-    keras.utils.set_random_seed(config.seed)
-    encoder, skips, info = build_encoder_for(config, dataset.channels, config.data.dim)
-    window = _check_patch(config, info)
+        return finetune_classifier(run, out_dir, verbose=verbose)
+    config, dataset, splits, info = run.config, run.dataset, run.splits, run.info
+    window = info["window"]
     from ssl3d_keras.downstream.losses import make_segmentation_loss
-    from ssl3d_keras.downstream.models import build_segmentation_model, set_encoder_trainable
+    from ssl3d_keras.downstream.models import build_segmentation_model
 
-    model = build_segmentation_model(skips, dataset.num_classes, dim=config.data.dim,
+    model = build_segmentation_model(run.skips, dataset.num_classes, dim=config.data.dim,
                                      input_channels=dataset.channels)
     loss_fn = make_segmentation_loss(config.loss, dataset.num_classes)
-    o = config.optimizer
-    head_optimizer = _adam(o.learning_rate, o)
-    full_optimizer = _adam(o.unfrozen_learning_rate or o.learning_rate, o)
-    set_encoder_trainable(model, False)
-    head_optimizer.build(model.trainable_variables)
-    set_encoder_trainable(model, True)
-    full_optimizer.build(model.trainable_variables)
-
-    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, weights=list(model.weights),
-                                     head_optimizer=head_optimizer,
-                                     optimizer=full_optimizer, step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"), max_to_keep=2,
-                                         checkpoint_name="ckpt")
-    start = 0
-    best = {"step": None, "dice": -1.0}
-    if resuming and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        start = int(step_var.numpy())
-        if (out_dir / "best.json").is_file():
-            best = read_json(out_dir / "best.json")
-    if verbose:
-        print(f"Fine-tuning {info['source']} on {len(splits.train)} case(s) "
-              f"({s.label_fraction:g} of {len(splits.pool)}), validating on "
-              f"{len(splits.validation)}, testing on {len(splits.test)}; "
-              f"{dataset.num_classes} classes; schedule {config.schedule}", flush=True)
-
-    patch = (config.patch_size,) * config.data.dim
     from ssl3d_keras.downstream.patches import segmentation_batches
+    from ssl3d_keras.downstream.trainer import fit
 
-    batches = segmentation_batches(_training_volumes(config, dataset, splits.train),
-                                   patch_size=patch, batch_size=config.batch_size,
-                                   seed=config.seed, foreground_share=config.foreground_share,
-                                   start_batch=start, cache=config.data.cache)
-    training_log = _CsvLog(out_dir / "training.csv", TRAINING_COLUMNS,
-                           keep_until=start if resuming else None)
-    validation_log = _CsvLog(out_dir / "validation.csv", ("step", "dice_mean"),
-                             keep_until=start if resuming else None)
-    summary_writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
-    from ssl3d_keras.training.logging import write_scalar
+    def batches(start_batch):
+        return segmentation_batches(_training_volumes(config, dataset, splits.train),
+                                    patch_size=(config.patch_size,) * config.data.dim,
+                                    batch_size=config.batch_size, seed=config.seed,
+                                    foreground_share=config.foreground_share,
+                                    start_batch=start_batch, cache=config.data.cache)
 
-    progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "val_dice"],
-                                  unit_name="step") if verbose else None
-    if progbar is not None:
-        progbar.update(start)
+    def score(ids):
+        return _validation_score(model, dataset, ids, config, window, info)
 
-    def validate_now(step):
-        if not splits.validation:
-            return None
-        score = _validation_score(model, dataset, splits.validation, config, window, info)
-        validation_log.write({"step": step, "dice_mean": score})
-        with summary_writer.as_default(step=step):
-            write_scalar("validation/dice_mean", score)
-        if not math.isnan(score) and score > best["dice"]:
-            best.update(step=step, dice=score)
-            with atomic_path(out_dir / "best.weights.h5") as tmp:
-                model.save_weights(str(tmp))
-            write_json_atomic(out_dir / "best.json", best)
-        return score
-
-    phase, train_step, window_losses = None, None, []
     started = time.perf_counter()
-    window_start = started
-    iterator = iter(batches)
-    for step in range(start, config.steps):
-        wanted = _phase(config, step)
-        if wanted != phase:
-            phase = wanted
-            set_encoder_trainable(model, phase == "full")
-            optimizer = full_optimizer if phase == "full" else head_optimizer
-            train_step = _make_train_step(model, optimizer, loss_fn)
-        images, labels = next(iterator)
-        loss = float(train_step(images, labels))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {step + 1}; lower "
-                                     "optimizer.learning_rate. The last checkpoint is kept: "
-                                     f"{manager.latest_checkpoint}")
-        window_losses.append(loss)
-        done = step + 1
-        val = None
-        if done % config.log_every == 0 or done == config.steps:
-            now = time.perf_counter()
-            rate = (optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
-                    else optimizer.learning_rate)
-            row = {"step": done, "loss": float(np.mean(window_losses)), "lr": float(rate),
-                   "phase": phase, "wall": now - started,
-                   "examples_per_sec": len(window_losses) * config.batch_size
-                   / max(now - window_start, 1e-9)}
-            training_log.write(row)
-            with summary_writer.as_default(step=done):
-                write_scalar("loss", row["loss"])
-                write_scalar("learning_rate", row["lr"])
-            window_losses, window_start = [], now
-        every = config.evaluation.validate_every
-        if (every and done % every == 0) or done == config.steps:
-            val = validate_now(done)
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            step_var.assign(done)
-            manager.save(checkpoint_number=done)
-        if progbar is not None:
-            values = [("loss", loss)] + ([("val_dice", val)] if val is not None else [])
-            progbar.update(done, values=values)
-    training_log.close()
-    validation_log.close()
-    summary_writer.close()
-
-    if best["step"] is not None and (out_dir / "best.weights.h5").is_file():
-        model.load_weights(str(out_dir / "best.weights.h5"))
+    best = fit(model, loss_fn, batches, config, out_dir, resuming=run.resuming,
+               validation=(splits.validation, score, "dice_mean"), verbose=verbose)
     summary = _test(model, dataset, splits, config, window, info, out_dir, verbose)
-    summary.update({"best_step": best["step"], "best_validation_dice": best["dice"]
+    summary.update({"best_step": best["step"], "best_validation_dice": best["score"]
                     if best["step"] is not None else None, "encoder": info["source"],
                     "steps": config.steps, "run_dir": str(out_dir),
                     "train_wall_time_sec": time.perf_counter() - started})
+    return finish_run(model, summary, out_dir)
+
+
+def finish_run(model, summary, out_dir):
+    """Save the fine-tuned model and the summary (last, so a finished run is recognisable)."""
     with atomic_path(out_dir / "model.keras") as tmp:
         model.save(str(tmp))
     write_json_atomic(out_dir / "summary.json", summary)

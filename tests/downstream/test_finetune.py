@@ -111,9 +111,9 @@ def test_frozen_keeps_every_encoder_weight_and_warmup_changes_them(prepared, pre
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(prepared, tmp_path, monkeypatch):
-    from ssl3d_keras.downstream import finetune as finetune_module
+    from ssl3d_keras.downstream import trainer
 
-    real = finetune_module._make_train_step
+    real = trainer.make_train_step
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -127,10 +127,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(prepared, tmp_path, monkeypatc
 
         return wrapped
 
-    monkeypatch.setattr(finetune_module, "_make_train_step", dying)
+    monkeypatch.setattr(trainer, "make_train_step", dying)
     with pytest.raises(KeyboardInterrupt):
         finetune(tiny(prepared), tmp_path / "run", verbose=False)
-    monkeypatch.setattr(finetune_module, "_make_train_step", real)
+    monkeypatch.setattr(trainer, "make_train_step", real)
     assert not (tmp_path / "run" / "summary.json").exists()
     summary = finetune(None, tmp_path / "run", resume=True, verbose=False)
     assert summary["steps"] == 6
