@@ -118,10 +118,13 @@ def finetune(encoder, scratch, data_path, task, label_fraction, repeat, schedule
             _set(data, _OPTION_KEYS[name], value)
     apply_overrides(data, overrides)
     out = Path(out_dir or "runs/finetune")
-    given = bool(data) and not (resume and not (config_file or overrides or any(
-        v is not None for v in values.values()) or encoder or scratch or data_path))
-    summary = run_finetune(data if given or not resume else None, out, resume=resume,
-                           verbose=not quiet)
+    if resume and data:
+        from ssl3d_keras.errors import ConfigError
+
+        raise ConfigError(sorted(data)[0], "a resumed run keeps its stored config "
+                          f"({out / 'config.json'}); give only --out and --resume. Received "
+                          f"settings for: {', '.join(sorted(data))}")
+    summary = run_finetune(None if resume else data, out, resume=resume, verbose=not quiet)
     click.echo(f"\nRun directory: {summary['run_dir']}")
     click.echo(f"  metrics:     {Path(summary['run_dir']) / 'metrics.json'} (per case and class), "
                "metrics.csv")

@@ -125,6 +125,8 @@ def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
         phantoms = dict(config.pretrain_phantoms)
         phantoms.setdefault("channels", finetune.data.phantoms.channels)
         data["data"]["phantoms"] = phantoms
+        if "size" in phantoms and data["data"].get("input_size"):
+            data["data"]["input_size"] = min(data["data"]["input_size"], int(phantoms["size"]))
     # Skips and decoder need a common architecture: the scratch encoder's.
     data["encoder"] = dict(finetune.scratch_encoder)
     resume = (run_dir / "checkpoints" / "checkpoint").is_file()
