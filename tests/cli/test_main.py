@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from ssl3d_keras.cli.main import COMMANDS, cli
 
-INTERFACE = ["pretrain", "finetune", "export", "prepare", "phantoms", "show", "benchmark", "zoo",
+INTERFACE = ["pretrain", "finetune", "predict", "export", "prepare", "phantoms", "show", "benchmark", "zoo",
              "info"]
 
 

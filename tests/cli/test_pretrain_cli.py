@@ -1,4 +1,4 @@
-"""`ssl3d pretrain` and `ssl3d finetune` through click's CliRunner, at tiny sizes."""
+"""`ssl3d pretrain` through click's CliRunner, at tiny sizes."""
 
 import json
 
@@ -82,16 +82,6 @@ def test_unknown_task_suggests_the_closest(tmp_path):
     result = CliRunner().invoke(cli, ["pretrain", "rotaton", "--out", str(tmp_path / "r"),
                                       *TINY])
     assert result.exit_code == 2 and "did you mean 'rotation'" in result.output
-
-
-def test_finetune_says_it_is_not_implemented():
-    for args in (["finetune"], ["finetune", "runs/x", "--labels", "0.1"]):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 1
-        assert "downstream fine-tuning is not implemented yet in this version" in result.output
-        assert "README roadmap" in result.output
-    help_text = invoke("finetune", "--help").output
-    assert "NOT IMPLEMENTED" in help_text
 
 
 @pytest.mark.slow
