@@ -191,3 +191,21 @@ def test_labels_outside_the_declared_classes_are_refused(prepared, tmp_path):
                                "data.path": str(prepared)})
     with pytest.raises(DataError, match=r"label values must lie in \[0, 3\)"):
         finetune(config, tmp_path / "run", verbose=False)
+
+
+def test_brats_data_is_scored_by_region(tmp_path, rng):
+    from tests.data.helpers_nifti import write_brats
+
+    write_brats(tmp_path / "brats", 6, rng, size=16)
+    config = tiny(None, **{"data.prepared": None, "data.path": str(tmp_path / "brats"),
+                           "steps": 2, "warmup_steps": 1})
+    config["data"].pop("prepared")
+    finetune(config, tmp_path / "run", verbose=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    row = metrics["cases"][0]
+    for region in ("WT", "TC", "ET"):
+        assert f"{region}_dice" in row and f"{region}_hd95" in row
+    # BraTS label 4 is read as class 3: three named foreground classes, background unscored
+    assert metrics["classes"]["3"] == "enhancing tumour"
+    assert {"dice_peritumoral edema", "dice_enhancing tumour"} <= set(row)
+    assert "dice_background" not in row
