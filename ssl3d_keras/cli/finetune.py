@@ -45,10 +45,11 @@ def _set(data, dotted, value):
                    "Default: 1.")
 @click.option("--repeat", type=click.IntRange(min=0),
               help="Which seeded subset of the pool a fraction draws. Default: 0.")
-@click.option("--schedule", type=click.Choice(["frozen", "warmup", "full"]),
+@click.option("--schedule", type=click.Choice(["auto", "frozen", "warmup", "full"]),
               help="frozen: decoder only (encoder and its BatchNorm frozen); warmup: frozen "
                    "for --warmup-steps, then all layers with a fresh optimiser; full: all "
-                   "layers throughout. Default: warmup.")
+                   "layers throughout. Default: auto (warmup for a pretrained encoder, full "
+                   "from scratch).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Frozen steps of warmup. "
               "Default: 50.")
 @click.option("--steps", type=click.IntRange(min=1), help="Optimisation steps. Default: 300.")

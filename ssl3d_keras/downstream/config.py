@@ -164,7 +164,9 @@ class FinetuneConfig:
             to refuse (the error says how to allow it).
         schedule: "frozen" (encoder and its BatchNorm frozen throughout),
             "warmup" (frozen for `warmup_steps`, then all layers with a fresh
-            optimiser) or "full" (all layers from the start).
+            optimiser), "full" (all layers from the start), or "auto" (the
+            default: "warmup" for a pretrained encoder, "full" from scratch,
+            since freezing random weights would only take steps from scratch).
         warmup_steps: frozen steps of "warmup".
         steps: optimisation steps in all (scratch gets the same budget).
         batch_size: patches per step.
@@ -184,7 +186,7 @@ class FinetuneConfig:
     scratch: bool = False
     scratch_encoder: dict = dataclasses.field(default_factory=lambda: dict(SCRATCH_ENCODER))
     adapt_channels: Literal["mean", "repeat", "zero"] | None = None
-    schedule: Literal["frozen", "warmup", "full"] = "warmup"
+    schedule: Literal["auto", "frozen", "warmup", "full"] = "auto"
     warmup_steps: int = 50
     steps: int = 300
     batch_size: int = 4
@@ -211,6 +213,8 @@ def validate(config):
         raise ConfigError("encoder", "name a pretrained encoder (a preset, export, SavedModel, "
                           ".tar.gz, zoo name or URL) or train from scratch. Received: "
                           "encoder=None, scratch=False")
+    if config.schedule == "auto":
+        config.schedule = "full" if config.scratch else "warmup"
     for key, value, low in (("steps", config.steps, 1), ("batch_size", config.batch_size, 1),
                             ("patch_size", config.patch_size, 4),
                             ("checkpoint_every", config.checkpoint_every, 1),

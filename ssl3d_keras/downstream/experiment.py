@@ -139,13 +139,17 @@ def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
     return export_dir
 
 
-def _cell_config(base, method, handle, fraction, repeat):
+def _cell_config(base, method, handle, fraction, repeat, base_schedule="auto"):
     config = copy.deepcopy(base)
+    if base_schedule == "auto" and method != "scratch":
+        config.schedule = "warmup"
     config.split.label_fraction = float(fraction)
     config.split.repeat = int(repeat)
     if method == "scratch":
         config.encoder, config.scratch = None, True
         config.data.dim = 3
+        if base_schedule == "auto":
+            config.schedule = "full"
     else:
         config.encoder, config.scratch = str(handle), False
         config.data.dim = 2 if method.endswith("-2d") else 3
@@ -212,6 +216,7 @@ def run_experiment(config, out_dir, *, verbose=True):
 
     base = copy.deepcopy(config.finetune)
     base.setdefault("scratch", True)  # validated per cell; the base names no encoder
+    schedule = base.get("schedule", "auto")
     finetune = as_config(base)
     resolve_dataset(finetune.data, out_dir, progress=verbose)
     open_labelled(finetune.data, finetune.task)  # fails now, not after pretraining
@@ -236,7 +241,8 @@ def run_experiment(config, out_dir, *, verbose=True):
     started = time.perf_counter()
     for index, (method, fraction, repeat) in enumerate(todo, start=1):
         cell_dir = out_dir / "cells" / method / f"f{_fraction_name(fraction)}-r{repeat}"
-        cell = _cell_config(finetune, method, handles.get(method), fraction, repeat)
+        cell = _cell_config(finetune, method, handles.get(method), fraction, repeat,
+                            base_schedule=schedule)
         metrics = _run_cell(cell, cell_dir)
         new = [{"method": method, "fraction": fraction, "repeat": repeat, **case}
                for case in metrics["cases"]]
