@@ -135,4 +135,4 @@ def finetune_classifier(run, out_dir, *, verbose=True):
                "best_validation_kappa": best["score"] if best["step"] is not None else None,
                "encoder": info["source"], "steps": config.steps, "run_dir": str(out_dir),
                "train_wall_time_sec": time.perf_counter() - started}
-    return finish_run(model, summary, out_dir)
+    return finish_run(model, summary, out_dir, run.encoder)

@@ -15,6 +15,8 @@ metrics.csv       one row per test case
 predictions/      each test case as NIfTI on its source file's grid
 model.keras       the fine-tuned model (`ssl3d predict` loads it)
 summary.json      what the run did, in short
+model.json        what the model takes and gives: dim, channels, classes, divisibility, window
+encoder/          the fine-tuned encoder as a preset (when its architecture is a preset's)
 ```
 
 The schedules and the loop are in `ssl3d_keras.downstream.trainer`; scratch
@@ -39,6 +41,7 @@ from ssl3d_keras.errors import ConfigError, DataError
 __all__ = ["finetune", "load_finetuned", "build_encoder_for", "as_config"]
 
 CONFIG_FILE = "config.json"
+MODEL_FACTS = "model.json"
 
 
 def as_config(config):
@@ -220,6 +223,14 @@ def _start_run(config, out_dir, resume, verbose):
     dim = config.data.dim if config.task == "segmentation" else dataset.dim
     encoder, skips, info = build_encoder_for(config, dataset.channels, dim)
     info["window"] = _check_patch(config, info)
+    if not resuming:
+        # What a user of the fine-tuned model needs, kept beside it (the model file lacks it).
+        write_json_atomic(out_dir / MODEL_FACTS, {
+            "task": config.task, "dim": dim, "slice_axis": config.data.slice_axis,
+            "input_channels": dataset.channels, "num_classes": dataset.num_classes,
+            "class_names": {str(k): v for k, v in dataset.class_names.items()},
+            "divisible_by": info["divisible_by"], "window": info["window"],
+            "encoder": info["source"]})
     if verbose:
         what = (f"{dataset.num_classes} classes" if config.task == "segmentation"
                 else f"{dataset.num_classes} grades")
@@ -283,13 +294,17 @@ def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True
                     if best["step"] is not None else None, "encoder": info["source"],
                     "steps": config.steps, "run_dir": str(out_dir),
                     "train_wall_time_sec": time.perf_counter() - started})
-    return finish_run(model, summary, out_dir)
+    return finish_run(model, summary, out_dir, run.encoder)
 
 
-def finish_run(model, summary, out_dir):
-    """Save the fine-tuned model and the summary (last, so a finished run is recognisable)."""
+def finish_run(model, summary, out_dir, encoder=None):
+    """Save the fine-tuned model, its encoder, and the summary (last: a finished run has it)."""
     with atomic_path(out_dir / "model.keras") as tmp:
         model.save(str(tmp))
+    if encoder is not None and hasattr(encoder, "skips_model"):
+        from ssl3d_keras.export.preset import save_preset
+
+        save_preset(encoder, out_dir / "encoder")
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
 

@@ -49,7 +49,7 @@ def predict_dataset(run_dir, data, out_dir, *, layout="auto", on_error="fail", p
     from ssl3d_keras.data.preprocess import PreprocessConfig, preprocess
     from ssl3d_keras.data.sources import discover
     from ssl3d_keras.downstream.evaluate import predict_case, probability_fn
-    from ssl3d_keras.downstream.finetune import _divisible_by, load_finetuned
+    from ssl3d_keras.downstream.finetune import MODEL_FACTS, load_finetuned
     from ssl3d_keras.downstream.geometry import write_prediction
     from ssl3d_keras.training.checkpoints import read_json
 
@@ -59,9 +59,8 @@ def predict_dataset(run_dir, data, out_dir, *, layout="auto", on_error="fail", p
     for key in ("layout", "discover"):
         record.pop(key, None)
     preprocess_config = from_dict(PreprocessConfig, record, "preprocessing")
-    channels = int(model.inputs[0].shape[-1])
-    window = config.evaluation.window or config.patch_size
-    divisible = _divisible_by(model)
+    facts = read_json(Path(run_dir) / MODEL_FACTS)
+    channels, window, divisible = facts["input_channels"], facts["window"], facts["divisible_by"]
 
     data = Path(data)
     if data.is_file() and data.name.endswith((".nii", ".nii.gz")):
