@@ -99,15 +99,21 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     """
     from pathlib import Path
 
+    from ssl3d_keras.cli.main import show_library_log
     from ssl3d_keras.errors import ConfigError
     from ssl3d_keras.training import pretrain as run_pretrain
     from ssl3d_keras.training.checkpoints import read_json
     from ssl3d_keras.training.config import quick_config
+    from ssl3d_keras.training.rundir import RunDir
 
     if steps is not None and epochs is not None:
         raise ConfigError("steps", "give --steps or --epochs, not both. "
                           f"Received: --steps {steps} --epochs {epochs}")
     out_dir = Path(out_dir or Path("runs") / task)
+    if not resume and RunDir(out_dir).has_checkpoints():
+        raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; pass --resume "
+                          "to continue it, or choose another --out folder. "
+                          f"Received: --out {out_dir}")
     explicit = bool(data_path or config_file or steps or epochs or overrides
                     or any(v is not None for v in (batch_size, input_size, dim, seed, strategy,
                                                    precision)))
@@ -151,7 +157,8 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         config = None  # the stored config, unchanged
     else:
         config = data
-    summary = run_pretrain(config, out_dir, resume=resume, verbose=not quiet)
+    with show_library_log(quiet):
+        summary = run_pretrain(config, out_dir, resume=resume, verbose=not quiet)
 
     click.echo(f"\nRun directory: {summary['run_dir']}")
     click.echo(f"  checkpoints: {summary['checkpoint_dir']} (latest: {summary['latest_checkpoint']})")
@@ -163,6 +170,8 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
                    f"{summary['chance_accuracy']:.3f}), loss {summary['final_loss']:.4f}, after "
                    f"{summary['steps']} steps in {summary['wall_time_sec']:.0f} s")
     if summary["status"] == "interrupted":
+        click.echo(f"Interrupted at step {summary['steps']}: saved {summary['latest_checkpoint']}. "
+                   f"Resume with:\n  ssl3d pretrain {task} --out {out_dir} --resume")
         sys.exit(EXIT_INTERRUPTED)
 
 
