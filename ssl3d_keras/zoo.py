@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from ssl3d_keras.config import apply_overrides, closest, from_dict
+from ssl3d_keras.config import closest, from_dict
 from ssl3d_keras.errors import ConfigError, ExportError
 
 PACKAGE = "ssl3d_keras.zoo_recipes"
@@ -158,22 +158,22 @@ def get_recipe(name):
 def recipe_config(recipe, data=None, overrides=()):
     """The `PretrainConfig` of a recipe, with `data.path` and `key=value` overrides.
 
+    The same assembly as `ssl3d pretrain TASK --config RECIPE`
+    (`ssl3d_keras.training.assemble.assemble_config`).
+
     Raises:
         ConfigError: a key the training config does not know.
     """
-    from ssl3d_keras.training import PretrainConfig
+    from ssl3d_keras.training.assemble import assemble_config
 
-    table = json.loads(json.dumps(recipe.pretrain))
-    if data is not None:
-        table.setdefault("data", {})["path"] = str(data)
-    apply_overrides(table, list(overrides))
-    return from_dict(PretrainConfig, table, prefix=f"zoo/{recipe.name}.toml:pretrain")
+    return assemble_config(recipe.pretrain.get("task"), config=recipe.pretrain, data=data,
+                           overrides=list(overrides), prefix=f"zoo/{recipe.name}.toml:pretrain")
 
 
 def recipe_hash(recipe, data=None, overrides=()):
     """Short hash of what determines a build (the pretrain table, data path, overrides)."""
-    payload = json.dumps([recipe.pretrain, str(data) if data else None, list(overrides)],
-                         sort_keys=True)
+    data = str(Path(data).resolve()) if data else None
+    payload = json.dumps([recipe.pretrain, data, list(overrides)], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
