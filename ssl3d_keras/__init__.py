@@ -20,7 +20,9 @@ _LAZY = {
     "ops": "ssl3d_keras.ops",
     "training": "ssl3d_keras.training",
     "export": "ssl3d_keras.export",
-    "load_encoder": "ssl3d_keras.export.loader:load_encoder",
+    "zoo": "ssl3d_keras.zoo",
+    # The front door: zoo names, export folders, archives and URLs.
+    "load_encoder": "ssl3d_keras.zoo.builder:load_encoder",
 }
 
 

@@ -67,7 +67,7 @@ def test_unknown_and_invalid_recipes(tmp_path, monkeypatch):
     bad.mkdir()
     text = (REPO / "zoo" / "phantom-rotation.toml").read_text()
     (bad / "phantom-rotation.toml").write_text(text.replace("paper = false", "papr = false"))
-    monkeypatch.setattr(zoo, "_recipes_root", lambda: bad)
+    monkeypatch.setattr(zoo.recipes, "_recipes_root", lambda: bad)
     with pytest.raises(ConfigError, match="papr"):
         zoo.get_recipe("phantom-rotation")
     # The recipe's architecture must be the one its pretrain.encoder table builds.
@@ -79,15 +79,18 @@ def test_unknown_and_invalid_recipes(tmp_path, monkeypatch):
 
 
 def test_unpublished_recipes_that_need_data_say_so(tmp_path):
-    from ssl3d_keras.export import load_encoder
+    from ssl3d_keras import load_encoder
 
     with pytest.raises(ExportError, match="never published .* UK Biobank .* ssl3d zoo build "
                                           "ukb-brain-rotation --data PATH"):
         load_encoder("ukb-brain-rotation", cache=tmp_path)
     with pytest.raises(ExportError, match="needs the APTOS 2019 training images"):
         zoo.build("aptos-fundus-rotation-2d")
-    with pytest.raises(ExportError, match="building is disabled"):
-        load_encoder("phantom-rotation", cache=tmp_path, build=False)
+    # Loading never trains: an entry that is not built says how to build it.
+    with pytest.raises(ExportError, match=r"not built yet; build it with: ssl3d zoo build "
+                                          r"phantom-rotation \(or ssl3d_keras.zoo.build"):
+        load_encoder("phantom-rotation", cache=tmp_path)
+    assert not (tmp_path / "zoo").exists()
     assert "ssl3d zoo build pancreas-ct-cpc --data PATH" in zoo.describe("pancreas-ct-cpc")
 
 
@@ -95,7 +98,7 @@ def test_build_tiny_phantom_and_load_from_cache(tmp_path, rng):
     """A phantom recipe builds (shrunk by overrides) and load_encoder finds the cached build."""
     import numpy as np
 
-    from ssl3d_keras.export import load_encoder
+    from ssl3d_keras import load_encoder
 
     overrides = ["steps=2", "batch_size=2", "data.input_size=16", "data.phantoms.n=2",
                  "data.phantoms.size=16", "encoder.depth=1", "encoder.base_filters=2",
@@ -111,7 +114,7 @@ def test_build_tiny_phantom_and_load_from_cache(tmp_path, rng):
     # build there (as a previous build would) and check no new training happens.
     default = tmp_path / "zoo" / f"phantom-rotation-{zoo.recipe_hash(zoo.get_recipe('phantom-rotation'))}"
     shutil.copytree(export.parent, default)
-    cached = load_encoder("phantom-rotation", cache=tmp_path, build=False)
+    cached = load_encoder("phantom-rotation", cache=tmp_path)
     x = rng.normal(size=(1, 8, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(cached(x), model(x), atol=1e-6)
 

@@ -4,7 +4,9 @@ Each subcommand lives in its own module and is imported only when it runs, so
 `ssl3d --help` answers without importing TensorFlow.
 """
 
+import contextlib
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -53,6 +55,27 @@ def import_tensorflow_quietly():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def show_library_log(quiet=False):
+    """Show the library's INFO messages (the `ssl3d_keras` logger) on stdout while a command runs.
+
+    The library logs instead of printing; a command decides what its user sees.
+    With `quiet`, only warnings and errors are shown.
+    """
+    logger = logging.getLogger("ssl3d_keras")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        handler.flush()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class LazyGroup(click.Group):

@@ -1,40 +1,20 @@
-"""`ssl3d pretrain`: pretrain an encoder with a proxy task."""
+"""`ssl3d pretrain`: pretrain an encoder with a proxy task.
 
-import copy
+A thin shell: `ssl3d_keras.training.assemble.assemble_config` puts the config
+together (the zoo builds through the same function), `pretrain` runs it.
+"""
+
 import sys
 
 import click
 
-from ssl3d_keras.config import apply_overrides, read_config_file
-
-# Options whose value goes to one config key (None = not given on the command line).
-_OPTION_KEYS = {
-    "batch_size": "batch_size",
-    "input_size": "data.input_size",
-    "dim": "data.dim",
-    "seed": "seed",
-    "strategy": "strategy",
-    "precision": "precision",
-}
+# Kept importable from here for code written against earlier versions.
+from ssl3d_keras.training.assemble import (  # noqa: F401
+    merge_config as apply_overrides_from,
+)
+from ssl3d_keras.training.assemble import reset_encoder_for_new_architecture  # noqa: F401
 
 EXIT_INTERRUPTED = 130
-
-
-def _set(data, dotted, value):
-    node = data
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-def _get(data, dotted, default=None):
-    node = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,59 +79,29 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     """
     from pathlib import Path
 
+    from ssl3d_keras.cli.main import show_library_log
     from ssl3d_keras.errors import ConfigError
     from ssl3d_keras.training import pretrain as run_pretrain
+    from ssl3d_keras.training.assemble import assemble_config
     from ssl3d_keras.training.checkpoints import read_json
-    from ssl3d_keras.training.config import quick_config
+    from ssl3d_keras.training.rundir import RunDir
 
+    out_dir = Path(out_dir or Path("runs") / task)
+    run = RunDir(out_dir)
     if steps is not None and epochs is not None:
         raise ConfigError("steps", "give --steps or --epochs, not both. "
                           f"Received: --steps {steps} --epochs {epochs}")
-    out_dir = Path(out_dir or Path("runs") / task)
-    explicit = bool(data_path or config_file or steps or epochs or overrides
-                    or any(v is not None for v in (batch_size, input_size, dim, seed, strategy,
-                                                   precision)))
-    if resume and (out_dir / "config.json").is_file():
-        base = read_json(out_dir / "config.json")
-    elif config_file:
-        base = {}  # a recipe is complete over the PretrainConfig (paper) defaults
-    else:
-        base = quick_config(task)
-    data = copy.deepcopy(base)
-    if config_file:
-        file_data = read_config_file(config_file)
-        if isinstance(file_data.get("pretrain"), dict):
-            # A zoo recipe: its [pretrain] table is the PretrainConfig; the rest is its card.
-            file_data = file_data["pretrain"]
-        if file_data.get("task", task) != task:
-            raise ConfigError("task", f"{config_file} pretrains '{file_data['task']}', not "
-                              f"'{task}'. Received: ssl3d pretrain {task} --config {config_file}")
-        apply_overrides_from(data, file_data)
-    data["task"] = task
-    if data_path is not None:
-        _set(data, "data.path", str(Path(data_path).resolve()))
-    if steps is not None:
-        data["steps"] = steps
-        data["epochs"] = None
-    if epochs is not None:
-        data["epochs"] = epochs
-    values = {"batch_size": batch_size, "input_size": input_size,
-              "dim": None if dim is None else int(dim), "seed": seed, "strategy": strategy,
-              "precision": precision}
-    for name, value in values.items():
-        if value is not None:
-            _set(data, _OPTION_KEYS[name], value)
-    if input_size is not None and _get(data, "data.path") is None:
-        if input_size > _get(data, "data.phantoms.size", 64):
-            _set(data, "data.phantoms.size", input_size)
-    reset_encoder_for_new_architecture(data, overrides)
-    apply_overrides(data, overrides)
-
-    if resume and not explicit and base.get("task", task) == task:
-        config = None  # the stored config, unchanged
-    else:
-        config = data
-    summary = run_pretrain(config, out_dir, resume=resume, verbose=not quiet)
+    if not resume and run.has_checkpoints():
+        raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; pass --resume "
+                          "to continue it, or choose another --out folder. "
+                          f"Received: --out {out_dir}")
+    config = assemble_config(
+        task, config=config_file, stored=read_json(run.config) if resume and run.is_run() else None,
+        data=data_path, steps=steps, epochs=epochs, overrides=overrides, batch_size=batch_size,
+        input_size=input_size, dim=None if dim is None else int(dim), seed=seed,
+        strategy=strategy, precision=precision)
+    with show_library_log(quiet):
+        summary = run_pretrain(config, out_dir, resume=resume, verbose=not quiet)
 
     click.echo(f"\nRun directory: {summary['run_dir']}")
     click.echo(f"  checkpoints: {summary['checkpoint_dir']} (latest: {summary['latest_checkpoint']})")
@@ -163,31 +113,6 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
                    f"{summary['chance_accuracy']:.3f}), loss {summary['final_loss']:.4f}, after "
                    f"{summary['steps']} steps in {summary['wall_time_sec']:.0f} s")
     if summary["status"] == "interrupted":
+        click.echo(f"Interrupted at step {summary['steps']}: saved {summary['latest_checkpoint']}. "
+                   f"Resume with:\n  ssl3d pretrain {task} --out {out_dir} --resume")
         sys.exit(EXIT_INTERRUPTED)
-
-
-def reset_encoder_for_new_architecture(data, overrides):
-    """Drop the base encoder table when `--set encoder.architecture=X` switches network.
-
-    The base config's encoder keys (e.g. the U-Net's `depth`) belong to its own
-    architecture and would be unknown keys of another; later `encoder.*`
-    overrides still apply.
-    """
-    chosen = apply_overrides({}, [o for o in overrides
-                                  if o.split("=", 1)[0].strip() == "encoder.architecture"])
-    new = chosen.get("encoder", {}).get("architecture")
-    encoder = data.get("encoder") or {}
-    if new is not None and new != encoder.get("architecture", "unet"):
-        data["encoder"] = {}
-    return data
-
-
-def apply_overrides_from(data, file_data):
-    """Merge a config file's nested dict into `data` (file values win)."""
-    for key, value in file_data.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict) and key not in (
-                "task_config", "encoder"):
-            apply_overrides_from(data[key], value)
-        else:
-            data[key] = value
-    return data

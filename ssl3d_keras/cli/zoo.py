@@ -63,9 +63,11 @@ def info(name, card):
 def build(name, data_path, out_dir, overrides, quiet):
     """Pretrain recipe NAME and export it (resumes an interrupted build)."""
     from ssl3d_keras import zoo as zoo_lib
+    from ssl3d_keras.cli.main import show_library_log
 
-    export_dir = zoo_lib.build(name, data=data_path, out=out_dir, overrides=overrides,
-                               progress=not quiet)
+    with show_library_log(quiet):
+        export_dir = zoo_lib.build(name, data=data_path, out=out_dir, overrides=overrides,
+                                   progress=not quiet)
     click.echo(f"Built {name}: {export_dir}")
     meta = json.loads((Path(export_dir) / "preset" / "metadata.json").read_text())
     metrics = meta["pretraining"].get("final_metrics") or {}

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.phantoms import _as_shape, make_phantom
-from ssl3d_keras.data.shards import MANIFEST_NAME, parse_example, read_manifest
+from ssl3d_keras.data.shards import parse_example
 from ssl3d_keras.errors import ConfigError, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -100,7 +101,7 @@ def shard_volumes(shard_dir, *, input_context=None, deterministic=True):
             or there are fewer shard files than input pipelines.
     """
     shard_dir = Path(shard_dir)
-    manifest = read_manifest(shard_dir)
+    manifest = Manifest.read(shard_dir)
     shards = manifest["shards"]
     if not shards:
         raise DataError(shard_dir / MANIFEST_NAME, "manifest lists no shards. Received: shards=[]")
@@ -216,12 +217,12 @@ def open_volumes(path_or_none, *, dim=3, phantoms=None, slice_axis=0, input_cont
         path = Path(path_or_none)
         if not path.exists():
             raise DataError(path, f"no such file or folder. Received: {path_or_none!r}")
-        if not (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+        if not (path.is_dir() and Manifest.exists(path)):
             what = "a file" if path.is_file() else "a folder without manifest.json"
             raise DataError(path, "not a prepared shard folder; run `ssl3d prepare "
                             f"{path} --out DIR` first and pass DIR. Received: {what}")
         volumes = shard_volumes(path, input_context=input_context)
-        manifest = read_manifest(path)
+        manifest = Manifest.read(path)
         source_dim = int(manifest["dim"])
         if source_dim == 3 and dim == 2:
             slices = volume_slices(volumes, slice_axis=slice_axis)
@@ -274,7 +275,7 @@ def cases_smaller_than(manifest, crop_size, *, dim=3, slice_axis=0):
     so a run says which volumes need it instead of padding silently.
 
     Args:
-        manifest: dict read by `read_manifest`.
+        manifest: a `Manifest` (or a dict with its `dim` and `cases`).
         crop_size: tuple of `dim` ints.
         dim: 3, or 2 (for 3D manifests: slices along `slice_axis`).
         slice_axis: the axis cut away when a 3D dataset is read as 2D slices.
@@ -282,14 +283,10 @@ def cases_smaller_than(manifest, crop_size, *, dim=3, slice_axis=0):
     Returns:
         list of case ids (possibly empty).
     """
-    small = []
-    for case in manifest.get("cases", []):
-        spatial = list(case["final_shape"][:manifest.get("dim", 3)])
-        if dim == 2 and len(spatial) == 3:
-            del spatial[slice_axis]
-        if any(s < c for s, c in zip(spatial, crop_size, strict=False)):
-            small.append(case["id"])
-    return small
+    if not isinstance(manifest, Manifest):  # a plain dict of the manifest's keys
+        manifest = Manifest(dim=int(manifest.get("dim", 3)), channels=1,
+                            cases=list(manifest.get("cases", [])))
+    return manifest.cases_smaller_than(crop_size, dim=dim, slice_axis=slice_axis)
 
 
 def random_crop_pair(image, label, size, seed):

@@ -9,7 +9,9 @@ nothing half-made. An existing manifest is never replaced unless asked.
 Example:
 
 >>> from ssl3d_keras.data.prepare import prepare_dataset
->>> from ssl3d_keras.data.preprocess import PreprocessConfig
+>>> from ssl3d_keras.data.manifest import Manifest
+from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
+from ssl3d_keras.data.preprocess import PreprocessConfig
 >>> manifest = prepare_dataset(                                   # doctest: +SKIP
 ...     "Task07_Pancreas", "prepared/pancreas",
 ...     preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0), normalize="ct",
@@ -25,6 +27,7 @@ import numpy as np
 
 from ssl3d_keras import __version__
 from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.preprocess import PreprocessConfig
 from ssl3d_keras.data.preprocess import preprocess as preprocess_case
 from ssl3d_keras.data.sources import discover
@@ -54,7 +57,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
         **discover_kwargs: `modalities`, `slice_axis`, `four_d` for `discover`.
 
     Returns:
-        The manifest dict (also written to `out_dir/manifest.json`).
+        The `Manifest` (also written to `out_dir/manifest.json`).
 
     Raises:
         DataError: a bad case with `on_error="fail"`, no case could be
@@ -106,24 +109,23 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
             (out_dir / shard["path"]).unlink(missing_ok=True)
         raise
 
-    manifest = {
-        "format": shard_io.MANIFEST_FORMAT,
-        "dim": source.dim,
-        "channels": int(channels),
-        "channel_names": list(source.channel_names),
-        "label_names": (None if source.label_names is None
-                        else {str(k): v for k, v in sorted(source.label_names.items())}),
-        "layout": source.layout,
-        "source": str(src),
-        "shards": writer.shards,
-        "cases": cases,
-        "skipped": skipped,
-        "preprocessing": {**to_dict(config), "layout": source.layout,
-                          "discover": {k: (list(v) if isinstance(v, tuple) else v)
-                                       for k, v in discover_kwargs.items()}},
-        "created_by": _versions(),
-    }
-    shard_io.write_manifest(out_dir, manifest)
+    manifest = Manifest(
+        dim=source.dim,
+        channels=int(channels),
+        channel_names=list(source.channel_names),
+        label_names=(None if source.label_names is None
+                     else {str(k): v for k, v in sorted(source.label_names.items())}),
+        layout=source.layout,
+        source=str(src),
+        shards=writer.shards,
+        cases=cases,
+        skipped=skipped,
+        preprocessing={**to_dict(config), "layout": source.layout,
+                       "discover": {k: (list(v) if isinstance(v, tuple) else v)
+                                    for k, v in discover_kwargs.items()}},
+        created_by=_versions(),
+    )
+    manifest.write(out_dir)
     return manifest
 
 
@@ -170,7 +172,7 @@ def _sha256(path, cache, shard_io):
 
 def _clear_out_dir(out_dir, overwrite, shard_io):
     """Refuse to clobber a prepared dataset; with `overwrite`, remove only its files."""
-    manifest_path = out_dir / shard_io.MANIFEST_NAME
+    manifest_path = out_dir / MANIFEST_NAME
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -187,7 +189,7 @@ def _clear_out_dir(out_dir, overwrite, shard_io):
     listed = []
     if manifest_path.exists():
         try:
-            listed = [s["path"] for s in shard_io.read_manifest(out_dir).get("shards", [])]
+            listed = [s["path"] for s in Manifest.read(out_dir).shards]
         except (DataError, KeyError, TypeError):
             listed = []
         manifest_path.unlink()  # first, so an interrupted overwrite leaves no stale manifest

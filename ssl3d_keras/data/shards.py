@@ -5,23 +5,20 @@ One `tf.train.Example` per case holds the raw little-endian bytes of the image
 case has none) with their shapes, so a round trip is bit-exact. Shards are
 written under a temporary name and renamed when complete, so a reader never
 sees half a shard; `manifest.json` says what the shards hold and how they were
-made.
+made (`ssl3d_keras.data.manifest.Manifest`).
 """
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from ssl3d_keras.atomic import write_json_atomic
-from ssl3d_keras.errors import DataError
+from ssl3d_keras.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, Manifest
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "ssl3d-shards/1"
-_REQUIRED_KEYS = ("format", "dim", "channels", "shards")
+__all__ = ["MANIFEST_FORMAT", "MANIFEST_NAME", "Manifest", "ShardWriter", "file_sha256",
+           "parse_example", "read_manifest", "serialize_example", "write_manifest"]
 
 
 def _bytes_feature(value):
@@ -201,38 +198,22 @@ def write_manifest(out_dir, manifest):
 
     Args:
         out_dir: the shard folder.
-        manifest: JSON-serialisable dict (keys described in CONTRACTS.md).
+        manifest: a `Manifest`, or a dict of its keys (checked by `Manifest.from_dict`).
 
     Returns:
         `Path` of the manifest.
     """
-    return write_json_atomic(Path(out_dir) / MANIFEST_NAME, manifest, allow_nan=False)
+    return Manifest.from_dict(manifest, where=Path(out_dir) / MANIFEST_NAME).write(out_dir)
 
 
 def read_manifest(out_dir):
-    """Read and check a shard folder's `manifest.json`.
+    """Read and check a shard folder's `manifest.json` (same as `Manifest.read`).
 
     Returns:
-        dict, the manifest.
+        `Manifest` (it also reads like the JSON dict: `manifest["cases"]`).
 
     Raises:
         DataError: the manifest is missing, not JSON, of another format or
             lacks a required key.
     """
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise DataError(path, "no shard manifest here; run `ssl3d prepare SRC --out DIR` to make "
-                        f"one. Received: {out_dir}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"manifest is not valid JSON ({e}). Received: {path.stat().st_size} bytes") from None
-    if not isinstance(manifest, dict):
-        raise DataError(path, f"manifest must be a JSON object. Received: {type(manifest).__name__}")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(path, f"expected format '{MANIFEST_FORMAT}'. "
-                        f"Received: format={manifest.get('format')!r}")
-    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise DataError(path, f"manifest lacks key(s) {missing}. Received keys: {sorted(manifest)}")
-    return manifest
+    return Manifest.read(out_dir)

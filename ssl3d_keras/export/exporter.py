@@ -7,10 +7,9 @@ OUT/hub.tar.gz     the SavedModel's files at the archive root (Kaggle Models)
 ```
 """
 
-import json
 from pathlib import Path
 
-from ssl3d_keras.errors import ExportError
+from ssl3d_keras.errors import ExportError, Ssl3dError
 from ssl3d_keras.export import metadata as metadata_lib
 from ssl3d_keras.export.archive import write_tar_gz
 from ssl3d_keras.export.preset import save_preset
@@ -78,21 +77,28 @@ def export_encoder(encoder, out_dir, *, formats="all", task=None, config=None, s
 def data_facts(config):
     """Input facts (modality, channels, spacing, normalisation) of a run's data.
 
-    From the prepared dataset's manifest when the run read shards, else the
-    phantom generator's description.
+    From the facts the run recorded in `config.data.resolved` (the data folder
+    is not read, so a run exports after its data moved), else the phantom
+    generator's description. Runs written before `data.resolved` existed fall
+    back to the prepared folder's manifest when it is still there.
     """
     data = config.data
     if data.prepared:
-        manifest_file = Path(data.prepared) / "manifest.json"
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {"source": data.path}
-        pre = manifest.get("preprocessing", {}) or {}
+        resolved = data.resolved
+        if resolved is None:
+            from ssl3d_keras.data.manifest import Manifest
+
+            try:
+                manifest = Manifest.read(data.prepared)
+            except Ssl3dError:
+                return {"source": data.path}
+            channel_names, pre = manifest.channel_names, manifest.preprocessing
+        else:
+            channel_names, pre = resolved.channel_names, resolved.preprocessing
         return {
             "source": data.path,
             "modality": pre.get("modality", "as prepared (see source)"),
-            "channel_names": manifest.get("channel_names"),
+            "channel_names": channel_names,
             "spacing": pre.get("spacing"),
             "normalization": pre.get("normalize", "unknown"),
             "preprocessing": pre,
@@ -122,13 +128,13 @@ def export_run(run_dir, out_dir, *, formats="all", checkpoint=None, data=None):
     """
     from ssl3d_keras.training import load_run
     from ssl3d_keras.training.checkpoints import read_json
+    from ssl3d_keras.training.rundir import RunDir
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    paths = RunDir(run_dir)
+    if not paths.is_run():
         raise ExportError(f"{run_dir}: not a pretraining run (no config.json)")
     task, config = load_run(run_dir, checkpoint=checkpoint)
-    summary_file = run_dir / "summary.json"
-    summary = read_json(summary_file) if summary_file.is_file() else None
+    summary = read_json(paths.summary) if paths.summary.is_file() else None
     facts = {**data_facts(config), **(data or {})}
     if summary and checkpoint is not None:
         summary = {**summary, "steps": _checkpoint_step(checkpoint), "final_loss": None,

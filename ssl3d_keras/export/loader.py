@@ -1,9 +1,11 @@
-"""`load_encoder(handle)`: one entry point for every kind of export.
+"""`load_encoder(handle)`: one entry point for every kind of export on disk or on the web.
 
-A handle is a zoo recipe name, a preset folder, an export folder (with
-`preset/` or `savedmodel/`), a SavedModel folder, a `.tar.gz`, or an
-`http(s)` URL with a sha256 (`https://.../x.tar.gz#sha256=<hex>` or the
-`sha256=` argument).
+A handle is a preset folder, an export folder (with `preset/` or
+`savedmodel/`), a SavedModel folder, a `.tar.gz`, or an `http(s)` URL with a
+sha256 (`https://.../x.tar.gz#sha256=<hex>` or the `sha256=` argument). This
+module resolves paths and URLs only and never imports the zoo; zoo names are
+resolved one floor up by `ssl3d_keras.load_encoder` (`ssl3d_keras.zoo.load_encoder`),
+which hands the folder it finds to this function.
 """
 
 import logging
@@ -58,18 +60,20 @@ def savedmodel_as_model(path, *, trainable=True):
     return keras.Model(inputs, layer(inputs), name=Path(path).name or "encoder")
 
 
-def resolve_handle(handle, *, sha256=None, cache=None, build=True, progress=True):
-    """Turn a handle into a local folder (a preset, an export or a SavedModel).
+def resolve_handle(handle, *, sha256=None, cache=None):
+    """Turn a path or URL handle into a local folder (a preset, an export or a SavedModel).
 
-    Zoo names are built or taken from the cache; URLs are downloaded and
-    verified; archives are extracted safely.
+    URLs are downloaded and verified; archives are extracted safely.
+
+    Raises:
+        ExportError: not a folder, an archive or an http(s) URL, or a checksum mismatch.
     """
     text = os.fspath(handle)
     if text.startswith(("http://", "https://")):
         archive = download(text, sha256, cache=cache)
         return extract_cached(archive, cache=cache)
     if "://" in text:
-        raise ExportError(f"unsupported handle scheme; use a path, a zoo name or an http(s) URL. "
+        raise ExportError(f"unsupported handle scheme; use a path or an http(s) URL. "
                           f"Received: {text}")
     path = Path(text).expanduser()
     if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
@@ -79,20 +83,15 @@ def resolve_handle(handle, *, sha256=None, cache=None, build=True, progress=True
         return extract_cached(path, cache=cache)
     if path.is_dir():
         return path
-    from ssl3d_keras import zoo
-
-    if not path.exists() and text in zoo.list_recipes():
-        return zoo.ensure_built(text, cache=cache, allow_build=build, progress=progress)
-    raise ExportError(f"cannot load an encoder from {text!r}: not a folder, an archive, an "
-                      f"http(s) URL or a zoo name (zoo: {', '.join(zoo.list_recipes())})")
+    raise ExportError(f"cannot load an encoder from {text!r}: not a folder, an archive or an "
+                      "http(s) URL (a zoo name is loaded with ssl3d_keras.load_encoder)")
 
 
-def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, cache=None,
-                 build=True):
-    """Load a pretrained encoder as a `keras.Model`.
+def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, cache=None):
+    """Load an exported encoder as a `keras.Model` (zoo names: `ssl3d_keras.load_encoder`).
 
     Args:
-        handle: a zoo name (`ssl3d zoo list`), a preset folder, an export folder
+        handle: a preset folder, an export folder
             (`OUT` of `ssl3d export`), a SavedModel folder, a `.tar.gz`, or an
             http(s) URL with its sha256 (`URL#sha256=<hex>` or `sha256=`).
         input_channels: int or None. If it differs from the encoder's channels,
@@ -102,8 +101,6 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
         trainable: bool, sets `model.trainable`.
         sha256: hex digest of a downloaded (or local) archive.
         cache: cache folder (default `$SSL3D_CACHE` or `~/.cache/ssl3d`).
-        build: for a zoo name whose weights are not published: pretrain it with
-            its recipe into the cache (True) or raise (False).
 
     Returns:
         A `keras.Model` `(batch, *spatial, C)` -> features. From a preset it is
@@ -117,14 +114,13 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
 
     Example:
 
-    >>> import ssl3d_keras
-    >>> encoder = ssl3d_keras.load_encoder("phantom-rotation")  # doctest: +SKIP
-    >>> encoder = ssl3d_keras.load_encoder("exports/rot/hub.tar.gz")  # doctest: +SKIP
+    >>> from ssl3d_keras.export import load_encoder
+    >>> encoder = load_encoder("exports/rot/hub.tar.gz")  # doctest: +SKIP
     """
     from ssl3d_keras.export.preset import load_preset
     from ssl3d_keras.export.savedmodel import read_saved_metadata
 
-    folder = resolve_handle(handle, sha256=sha256, cache=cache, build=build)
+    folder = resolve_handle(handle, sha256=sha256, cache=cache)
     if _is_preset(folder):
         model, meta = load_preset(folder)
     elif _is_preset(folder / "preset"):

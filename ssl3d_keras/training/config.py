@@ -96,6 +96,29 @@ class PhantomConfig:
 
 
 @dataclasses.dataclass
+class ResolvedData:
+    """Facts of the data a run reads, recorded in its `config.json` when it starts.
+
+    Filled in by the run (never set by hand), so that loading, exporting or
+    fine-tuning a run needs only its directory, not its data folder.
+
+    Args:
+        input_shape: shape of one example given to the task, `(*spatial, C)`.
+        channels: number of input channels (the last entry of `input_shape`).
+        examples_per_epoch: volumes (or 2D slices) x crops per volume.
+        channel_names: names of the channels in order, or None.
+        preprocessing: how the prepared data were preprocessed (from their
+            manifest), `{}` for phantoms.
+    """
+
+    input_shape: list[int]
+    channels: int
+    examples_per_epoch: int
+    channel_names: list[str] | None = None
+    preprocessing: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class DataConfig:
     """Where the volumes come from and how examples are cut from them.
 
@@ -116,6 +139,7 @@ class DataConfig:
         crops_per_volume: examples cut from each volume before the next one.
         cache: keep decoded volumes in memory after the first pass.
         shuffle_volumes: size of the volume shuffle buffer.
+        resolved: a `ResolvedData`, filled in when the run resolves its config.
     """
 
     path: str | None = None
@@ -129,6 +153,7 @@ class DataConfig:
     crops_per_volume: int = 1
     cache: bool = True
     shuffle_volumes: int = 64
+    resolved: ResolvedData | None = None
 
 
 @dataclasses.dataclass

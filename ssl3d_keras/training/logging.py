@@ -8,6 +8,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from ssl3d_keras.training.rundir import RunDir
+
 CSV_COLUMNS = ("step", "loss", "accuracy", "lr", "examples_per_sec", "wall")
 
 
@@ -70,14 +72,14 @@ class TrainingLogger:
 
     def __init__(self, run_dir, *, total_steps, start_step, global_batch, log_every, verbose=True):
         run_dir = Path(run_dir)
-        self.csv_path = run_dir / "metrics.csv"
+        self.csv_path = RunDir(run_dir).metrics
         new = not self.csv_path.is_file() or self.csv_path.stat().st_size == 0
         self._file = self.csv_path.open("a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=CSV_COLUMNS)
         if new:
             self._writer.writeheader()
             self._file.flush()
-        self._summary = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self._summary = tf.summary.create_file_writer(str(RunDir(run_dir).tensorboard))
         self.global_batch = global_batch
         self.log_every = log_every
         self.total_steps = total_steps

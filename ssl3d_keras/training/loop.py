@@ -7,6 +7,7 @@ and the optimiser sums the gradients across replicas and applies them. Loss
 and accuracy are averaged across replicas.
 """
 
+import logging
 import math
 import random
 import signal
@@ -26,6 +27,7 @@ from ssl3d_keras.training import run as run_lib
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
 from ssl3d_keras.training.logging import TrainingLogger, truncate_metrics
 from ssl3d_keras.training.optim import current_learning_rate, dtype_policy, make_optimizer
+from ssl3d_keras.training.rundir import RunDir
 from ssl3d_keras.training.strategy import (
     gpu_count,
     make_strategy,
@@ -33,6 +35,8 @@ from ssl3d_keras.training.strategy import (
     resolve_precision,
     strategy_name,
 )
+
+logger = logging.getLogger("ssl3d_keras")
 
 
 class NonFiniteLossError(Ssl3dError, FloatingPointError):
@@ -132,58 +136,60 @@ def _weights_finite(task):
 
 
 def _say(verbose, message):
+    # Library code logs; the CLI shows the `ssl3d_keras` logger's INFO lines.
     if verbose:
-        print(message, flush=True)
+        logger.info(message)
 
 
 def _prepare_run_dir(config, out_dir, resume, verbose):
     """Resolve the config and write (or check) config.json; returns the config."""
-    config_path = out_dir / run_lib.CONFIG_FILE
+    paths = RunDir(out_dir)
     if resume:
-        if not config_path.is_file():
+        if not paths.is_run():
             raise DataError(out_dir, "nothing to resume: no config.json in this folder. "
-                            "Received --resume for a folder that holds no run")
+                            "Received resume=True for a folder that holds no run")
         stored = run_lib.read_run_config(out_dir)
         if config is not None:
             given = run_lib.resolve_config(config, out_dir, verbose=False)
             diff = run_lib.differing_keys(to_dict(stored), to_dict(given))
+            if stored.data.resolved is None:  # a run written before data.resolved existed
+                diff = [key for key in diff if not key.startswith("data.resolved")]
             if diff:
                 raise ConfigError(diff[0], "differs from the stored config of the run being "
-                                  f"resumed ({out_dir / run_lib.CONFIG_FILE}); differing keys: "
+                                  f"resumed ({paths.config}); differing keys: "
                                   f"{', '.join(diff)}. Resume without changing them, or start a "
                                   "new run in another folder")
         return stored
-    if (out_dir / run_lib.CHECKPOINT_DIR / "checkpoint").is_file():
-        raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; pass --resume "
-                          "to continue it, or choose another output folder. "
+    if paths.has_checkpoints():
+        raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; resume it "
+                          "(resume=True) to continue it, or choose another output folder. "
                           f"Received: out={str(out_dir)!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     config = run_lib.resolve_config(config, out_dir, verbose=verbose)
-    for stale in ("metrics.csv", run_lib.SUMMARY_FILE):
-        if (out_dir / stale).exists():
-            (out_dir / stale).unlink()
-    write_json_atomic(config_path, to_dict(config))
+    for stale in (paths.metrics, paths.summary):
+        stale.unlink(missing_ok=True)
+    write_json_atomic(paths.config, to_dict(config))
     return config
 
 
 def _warn_about_padding(config):
     """Warn when prepared volumes are smaller than the crop (they would be zero-padded)."""
-    from ssl3d_keras.data.pipeline import cases_smaller_than
-    from ssl3d_keras.data.shards import read_manifest
+    from ssl3d_keras.data.manifest import Manifest
 
     data = config.data
     if data.prepared is None or data.input_size is None:
         return
-    manifest = read_manifest(data.prepared)
+    manifest = Manifest.read(data.prepared)
     crop = (data.input_size,) * data.dim
-    small = cases_smaller_than(manifest, crop, dim=data.dim, slice_axis=data.slice_axis)
+    small = manifest.cases_smaller_than(crop, dim=data.dim, slice_axis=data.slice_axis)
     if small:
         shown = ", ".join(small[:5]) + (", ..." if len(small) > 5 else "")
         warnings.warn(
-            f"{len(small)} of {len(manifest['cases'])} prepared volumes are smaller than the "
+            f"{len(small)} of {len(manifest.cases)} prepared volumes are smaller than the "
             f"{'x'.join(map(str, crop))} crop and will be zero-padded, which can hand the "
             f"proxy task a shortcut (e.g. a rotation moves the padded band): {shown}. Prepare "
-            "them with 'ssl3d prepare --shape' or lower --input-size.", UserWarning, stacklevel=2)
+            "them to a fixed shape (PreprocessConfig.shape) or lower data.input_size.",
+            UserWarning, stacklevel=2)
 
 
 def _distributed_dataset(config, task, strategy, start_step):
@@ -260,7 +266,8 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
         optimizer = make_optimizer(config.optimizer, config.steps, precision)
         optimizer.build(task.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoints = RunCheckpoints(out_dir / run_lib.CHECKPOINT_DIR, task, optimizer, step_var,
+    paths = RunDir(out_dir)
+    checkpoints = RunCheckpoints(paths.checkpoints, task, optimizer, step_var,
                                  max_to_keep=config.keep_checkpoints)
     start = 0
     previous_wall = 0.0
@@ -270,9 +277,9 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
             _say(verbose, f"Resuming {out_dir} from step {start} ({checkpoints.latest})")
         else:
             _say(verbose, f"No checkpoint in {out_dir} yet; starting from step 0")
-        truncate_metrics(out_dir / "metrics.csv", start)
-        if (out_dir / run_lib.SUMMARY_FILE).is_file():
-            previous_wall = float(read_json(out_dir / run_lib.SUMMARY_FILE).get("wall_time_sec", 0))
+        truncate_metrics(paths.metrics, start)
+        if paths.summary.is_file():
+            previous_wall = float(read_json(paths.summary).get("wall_time_sec", 0))
 
     _warn_about_padding(config)
     dataset = _distributed_dataset(config, task, strategy, start)
@@ -313,7 +320,7 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
                            previous_wall + time.perf_counter() - began, precision, strategy,
                            jit_compile)
         summary["error"] = str(e)
-        write_json_atomic(out_dir / run_lib.SUMMARY_FILE, summary)
+        write_json_atomic(paths.summary, summary)
         raise
     finally:
         logger.close()
@@ -321,10 +328,10 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
     summary = _summary(config, task, logger, checkpoints, out_dir, done, status,
                        previous_wall + time.perf_counter() - began, precision, strategy,
                        jit_compile)
-    write_json_atomic(out_dir / run_lib.SUMMARY_FILE, summary)
+    write_json_atomic(paths.summary, summary)
     if status == "interrupted":
-        _say(verbose, f"\nInterrupted at step {done}: saved {checkpoints.latest}. Resume with:\n"
-             f"  ssl3d pretrain {config.task} --out {out_dir} --resume")
+        _say(verbose, f"Interrupted at step {done}: saved {checkpoints.latest}. Resume it with "
+             f"pretrain(None, {str(out_dir)!r}, resume=True)")
     return summary
 
 
@@ -351,10 +358,10 @@ def _summary(config, task, logger, checkpoints, out_dir, done, status, wall, pre
         "wall_time_sec": wall,
         "examples_per_sec": last.get("examples_per_sec"),
         "run_dir": str(out_dir),
-        "checkpoint_dir": str(out_dir / run_lib.CHECKPOINT_DIR),
+        "checkpoint_dir": str(RunDir(out_dir).checkpoints),
         "latest_checkpoint": checkpoints.latest,
-        "metrics_csv": str(out_dir / "metrics.csv"),
-        "tensorboard_dir": str(out_dir / "tensorboard"),
+        "metrics_csv": str(RunDir(out_dir).metrics),
+        "tensorboard_dir": str(RunDir(out_dir).tensorboard),
         "precision": precision,
         "jit_compile": jit_compile,
         "strategy": strategy_name(strategy),

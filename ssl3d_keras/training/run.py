@@ -1,29 +1,29 @@
-"""A run directory: resolving its config, building its task, loading it back.
+"""A run: resolving its config, building its task, loading it back.
 
-Layout of a run directory:
-
-```
-config.json     the fully resolved PretrainConfig (written atomically at start)
-checkpoints/    tf.train.CheckpointManager of Checkpoint(model, optimizer, step)
-metrics.csv     step, loss, accuracy, lr, examples_per_sec, wall
-tensorboard/    tf.summary scalars of the same
-summary.json    steps, final loss/accuracy, chance accuracy, wall time, checkpoints
-prepared/       shards prepared from a raw --data folder (only then)
-```
+The run directory's file names are in `ssl3d_keras.training.rundir`. When a
+run starts, its config is resolved once (`resolve_config`): the data are
+prepared if raw, and the facts of the data that the task needs (input shape,
+channels, examples per epoch, preprocessing) are recorded in
+`config.data.resolved`, so `load_run` and everything after it work from the
+run directory alone, even after the data folder moved or was deleted.
 """
 
 import copy
+import logging
 import math
 from pathlib import Path
 
 from ssl3d_keras.config import from_dict
 from ssl3d_keras.errors import ConfigError, DataError
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
-from ssl3d_keras.training.config import PretrainConfig, validate
+from ssl3d_keras.training.config import PretrainConfig, ResolvedData, validate
+from ssl3d_keras.training.rundir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE, RunDir
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
+__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "SUMMARY_FILE", "as_config", "build_task",
+           "differing_keys", "examples_per_epoch", "input_shape", "load_run", "read_run_config",
+           "resolve_config"]
+
+logger = logging.getLogger("ssl3d_keras")
 
 
 def as_config(config):
@@ -35,96 +35,102 @@ def as_config(config):
     return from_dict(PretrainConfig, config)
 
 
-def _manifest(folder):
-    from ssl3d_keras.data.shards import read_manifest
-
-    return read_manifest(folder)
-
-
 def resolve_config(config, out_dir, *, verbose=True):
     """The fully resolved config of a run in `out_dir`.
 
     Validates the values, prepares a raw `data.path` into `OUT/prepared` (or
-    reuses it there) and records it in `data.prepared`, and turns `epochs`
-    into `steps`.
+    reuses it there) and records it in `data.prepared`, records the facts of
+    the data in `data.resolved`, and turns `epochs` into `steps`. Progress is
+    logged to the `ssl3d_keras` logger.
+
+    Args:
+        config: a `PretrainConfig`, a dict of its fields, or None.
+        out_dir: the run directory.
+        verbose: show the progress bar of a prepare.
 
     Returns:
         A new `PretrainConfig`.
     """
+    from ssl3d_keras.data.manifest import Manifest
+
     config = validate(as_config(config))
     data = config.data
     if data.path is not None:
         source = Path(data.path)
         if not source.exists():
             raise DataError(source, "data path not found")
-        if (source / "manifest.json").is_file():
+        if Manifest.exists(source):
             data.prepared = str(source.resolve())
         else:
-            target = Path(out_dir).resolve() / "prepared"
-            if (target / "manifest.json").is_file():
-                if verbose:
-                    print(f"Using the dataset already prepared in {target}", flush=True)
+            target = RunDir(Path(out_dir).resolve()).prepared
+            if Manifest.exists(target):
+                logger.info("Using the dataset already prepared in %s", target)
             else:
                 from ssl3d_keras.data.prepare import prepare_dataset
                 from ssl3d_keras.data.preprocess import PreprocessConfig
 
-                if verbose:
-                    print(f"{source} is a raw dataset: preparing it into {target} first", flush=True)
+                logger.info("%s is a raw dataset: preparing it into %s first", source, target)
                 preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
                 prepare_dataset(source, target, preprocess=preprocess, layout=data.layout,
                                 progress=verbose)
             data.prepared = str(target)
     else:
         data.prepared = None
+    data.resolved = _resolve_data(config)
     if config.epochs is not None:
-        per_epoch = examples_per_epoch(config)
-        config.steps = max(1, math.ceil(config.epochs * per_epoch / config.batch_size))
+        config.steps = max(1, math.ceil(config.epochs * data.resolved.examples_per_epoch
+                                        / config.batch_size))
     return config
 
 
-def _prepared_spatial_shapes(config):
-    manifest = _manifest(config.data.prepared)
-    shapes = []
-    for case in manifest.get("cases", []):
-        shape = [int(s) for s in case["final_shape"]][: int(manifest["dim"])]
-        if config.data.dim == 2 and int(manifest["dim"]) == 3:
-            shapes.extend([tuple(shape[:config.data.slice_axis] + shape[config.data.slice_axis + 1:])]
-                          * shape[config.data.slice_axis])
-        else:
-            shapes.append(tuple(shape))
-    return manifest, shapes
+def _resolve_data(config):
+    """The `ResolvedData` of a config whose `data.prepared` is set (or None: phantoms)."""
+    from ssl3d_keras.data.manifest import Manifest
+
+    data = config.data
+    dim = data.dim
+    if data.prepared is None:
+        channels = data.phantoms.channels
+        volumes = data.phantoms.n * (data.phantoms.size if dim == 2 else 1)
+        spatial = (data.input_size or data.phantoms.size,) * dim
+        return ResolvedData(input_shape=[*spatial, channels], channels=channels,
+                            examples_per_epoch=volumes * data.crops_per_volume)
+    manifest = Manifest.read(data.prepared)
+    shapes = manifest.spatial_shapes(dim, data.slice_axis)
+    channels = manifest.channels
+    if data.input_size is not None:
+        spatial = (data.input_size,) * dim
+    elif shapes and len(set(shapes)) == 1:
+        spatial = shapes[0]
+    else:
+        raise ConfigError("data.input_size", "the prepared volumes differ in shape; set a crop "
+                          f"size. Received: input_size=None, shapes {sorted(set(shapes))[:4]}")
+    return ResolvedData(input_shape=[*spatial, channels], channels=channels,
+                        examples_per_epoch=len(shapes) * data.crops_per_volume,
+                        channel_names=manifest.channel_names,
+                        preprocessing=dict(manifest.preprocessing))
+
+
+def _resolved(config):
+    # Runs written before `data.resolved` existed read their data folder once more.
+    return config.data.resolved or _resolve_data(config)
 
 
 def examples_per_epoch(config):
     """Examples in one pass over the data: volumes (or 2D slices) x crops per volume."""
-    if config.data.prepared is None:
-        volumes = config.data.phantoms.n
-        if config.data.dim == 2:  # 3D phantoms cut into slices
-            volumes *= config.data.phantoms.size
-    else:
-        volumes = len(_prepared_spatial_shapes(config)[1])
-    return volumes * config.data.crops_per_volume
+    return _resolved(config).examples_per_epoch
 
 
 def input_shape(config):
     """Shape of one volume given to the task: `(*spatial, C)`.
 
+    Read from `config.data.resolved` when the run recorded it (no data folder
+    needed), else computed from the data.
+
     Raises:
         ConfigError: prepared volumes differ in shape and `data.input_size` is None.
     """
-    dim = config.data.dim
-    if config.data.prepared is None:
-        channels = config.data.phantoms.channels
-        spatial = (config.data.input_size or config.data.phantoms.size,) * dim
-        return (*spatial, channels)
-    manifest, shapes = _prepared_spatial_shapes(config)
-    channels = int(manifest["channels"])
-    if config.data.input_size is not None:
-        return (*(config.data.input_size,) * dim, channels)
-    if not shapes or len(set(shapes)) != 1:
-        raise ConfigError("data.input_size", "the prepared volumes differ in shape; set a crop "
-                          f"size. Received: input_size=None, shapes {sorted(set(shapes))[:4]}")
-    return (*shapes[0], channels)
+    return tuple(_resolved(config).input_shape)
 
 
 def build_task(config):
@@ -158,7 +164,7 @@ def read_run_config(run_dir):
     Raises:
         DataError: the folder has no readable config.json.
     """
-    data = read_json(Path(run_dir) / CONFIG_FILE)
+    data = read_json(RunDir(run_dir).config)
     return from_dict(PretrainConfig, data)
 
 
@@ -184,13 +190,13 @@ def load_run(run_dir, checkpoint=None):
     """
     import tensorflow as tf
 
-    run_dir = Path(run_dir)
+    paths = RunDir(run_dir)
     config = read_run_config(run_dir)
     task = build_task(config)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    checkpoints = RunCheckpoints(run_dir / CHECKPOINT_DIR, task, None, step)
+    checkpoints = RunCheckpoints(paths.checkpoints, task, None, step)
     if isinstance(checkpoint, int):
-        checkpoint = str(run_dir / CHECKPOINT_DIR / f"ckpt-{checkpoint}")
+        checkpoint = str(paths.checkpoint(checkpoint))
         if not Path(checkpoint + ".index").is_file():
             raise DataError(checkpoint, "no such checkpoint. Received a step that was not saved; "
                             f"available: {checkpoints.manager.checkpoints}")

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from ssl3d_keras.data.shards import (
     MANIFEST_FORMAT,
+    Manifest,
     ShardWriter,
     parse_example,
     read_manifest,
@@ -83,7 +84,8 @@ def test_manifest_round_trip_and_errors(tmp_path):
     manifest = {"format": MANIFEST_FORMAT, "dim": 3, "channels": 2, "shards": [],
                 "affine": [[1.5, 0.0], [0.0, -2.0]]}
     write_manifest(tmp_path, manifest)
-    assert read_manifest(tmp_path) == manifest
+    assert read_manifest(tmp_path) == Manifest.from_dict(manifest)
+    assert read_manifest(tmp_path)["affine"] == manifest["affine"]
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
     with pytest.raises(DataError, match="ssl3d prepare"):

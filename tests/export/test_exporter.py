@@ -86,3 +86,31 @@ def test_export_errors(tmp_path, run_dir):
     with pytest.raises(ExportError, match="unknown export format"):
         resolve_formats(["preset", "onnx"])
     assert resolve_formats("all") == ("preset", "savedmodel", "hub")
+
+
+def test_export_after_the_data_folder_is_deleted(tmp_path, rng):
+    """A run records its data's facts in config.json: export needs only the run directory."""
+    import shutil
+
+    from ssl3d_keras.data.phantoms import channel_names, write_phantom_dataset
+    from ssl3d_keras.data.prepare import prepare_dataset
+
+    raw = write_phantom_dataset(tmp_path / "raw", 2, size=16)
+    prepared = tmp_path / "prepared"
+    prepare_dataset(raw, prepared, preprocess={"shape": [12, 12, 12]}, progress=False)
+    config = {**TINY_JIGSAW, "data": {"path": str(prepared), "input_size": 12}}
+    pretrain(from_dict(PretrainConfig, config), tmp_path / "run", verbose=False)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["data"]["resolved"]["input_shape"] == [12, 12, 12, 1]
+    assert stored["data"]["resolved"]["channel_names"] == channel_names(1)
+    task, _ = load_run(tmp_path / "run")
+    x = rng.normal(size=(1, 12, 12, 12, 1)).astype(np.float32)
+    expected = task.encoder(x, training=False)
+
+    shutil.rmtree(prepared)
+    shutil.rmtree(raw)
+    written = export_run(tmp_path / "run", tmp_path / "exp", formats="preset")
+    meta = written["metadata"]
+    assert meta["input"]["channel_names"] == channel_names(1)
+    assert meta["pretraining"]["run_config"]["data"]["resolved"]["input_shape"] == [12, 12, 12, 1]
+    np.testing.assert_allclose(load_encoder(tmp_path / "exp")(x), expected, atol=1e-5)

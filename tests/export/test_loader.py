@@ -116,3 +116,6 @@ def test_unusable_handles(tmp_path):
         load_encoder(tmp_path / "nothing-here")
     with pytest.raises(ExportError, match="unsupported handle scheme"):
         load_encoder("s3://bucket/encoder")
+    # The export loader resolves paths and URLs only; zoo names go through the front door.
+    with pytest.raises(ExportError, match=r"zoo name is loaded with ssl3d_keras.load_encoder"):
+        load_encoder("phantom-rotation", cache=tmp_path)

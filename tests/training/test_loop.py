@@ -131,7 +131,7 @@ def test_log_rows_average_the_steps_since_the_last(tmp_path):
     assert rows[0]["wall"] <= rows[1]["wall"] <= rows[2]["wall"]
 
 
-def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
     straight = pretrain(tiny(steps=8, checkpoint_every=100), tmp_path / "straight", verbose=False)
 
     real_step = TrainingLogger.step
@@ -142,12 +142,12 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch
             signal.raise_signal(signal.SIGTERM)  # handled by the loop: stop at the boundary
 
     monkeypatch.setattr(TrainingLogger, "step", signal_at_step_3)
-    first = pretrain(tiny(steps=8, checkpoint_every=100), tmp_path / "resumed", verbose=True)
+    with caplog.at_level("INFO", logger="ssl3d_keras"):
+        first = pretrain(tiny(steps=8, checkpoint_every=100), tmp_path / "resumed", verbose=True)
     monkeypatch.setattr(TrainingLogger, "step", real_step)
     assert first["status"] == "interrupted" and first["steps"] == 3
-    printed = capsys.readouterr().out
-    assert "Interrupted at step 3" in printed
-    assert f"--out {tmp_path / 'resumed'} --resume" in printed
+    assert "Interrupted at step 3" in caplog.text
+    assert f"pretrain(None, {str(tmp_path / 'resumed')!r}, resume=True)" in caplog.text
     assert first["latest_checkpoint"].endswith("ckpt-3")
 
     second = pretrain(None, tmp_path / "resumed", resume=True, verbose=False)
@@ -180,7 +180,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     pretrain(tiny(steps=1), tmp_path / "run", verbose=False)
     with pytest.raises(ConfigError) as info:
         pretrain(tiny(steps=1), tmp_path / "run", verbose=False)
-    assert "--resume" in str(info.value)
+    assert "resume=True" in str(info.value)  # the library names arguments, not CLI flags
     with pytest.raises(DataError):
         pretrain(None, tmp_path / "empty", resume=True, verbose=False)
 
@@ -253,15 +253,16 @@ def test_mixed_float16_without_gpu_is_a_config_error(tmp_path):
     assert info.value.key == "precision"
 
 
-def test_raw_dataset_is_prepared_into_the_run_first(tmp_path, capsys):
+def test_raw_dataset_is_prepared_into_the_run_first(tmp_path, caplog):
     from ssl3d_keras.data.phantoms import write_phantom_dataset
 
     raw = write_phantom_dataset(tmp_path / "raw", 2, size=20)
     config = tiny(steps=2, **{"data.path": str(raw), "data.input_size": 16,
                               "data.preprocess": {"shape": [20, 20, 20]}})
-    summary = pretrain(config, tmp_path / "run", verbose=True)
+    with caplog.at_level("INFO", logger="ssl3d_keras"):
+        summary = pretrain(config, tmp_path / "run", verbose=True)
     prepared = tmp_path / "run" / "prepared"
-    assert f"preparing it into {prepared}" in capsys.readouterr().out
+    assert f"preparing it into {prepared}" in caplog.text
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert len(manifest["cases"]) == 2
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
