@@ -60,9 +60,17 @@ EXIT_INTERRUPTED = 130
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Set any config key, e.g. --set encoder.depth=3 --set "
                    "optimizer.learning_rate=1e-3 --set task_config.grid=2. Repeatable.")
+@click.option("--monitor-every", type=click.IntRange(min=1),
+              help="Every N steps, score the proxy task on held-out volumes (monitor.csv, "
+                   "TensorBoard) and keep the best checkpoint (ssl3d export --checkpoint best). "
+                   "Default: off.")
+@click.option("--probe", is_flag=True,
+              help="With --monitor-every: also fit a frozen-encoder U-Net on a few labelled "
+                   "phantoms (or monitor.probe_data) at each check and log its test Dice; the "
+                   "best probe picks the best checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar or messages; only the final lines.")
 def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, input_size, dim,
-             seed, resume, strategy, precision, overrides, quiet):
+             seed, resume, strategy, precision, overrides, monitor_every, probe, quiet):
     """Pretrain an encoder with the proxy TASK (cpc, rotation, jigsaw, rpl, exemplar).
 
     With no options this is a quick demonstration on 16 synthetic phantoms that
@@ -80,8 +88,8 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     from pathlib import Path
 
     from ssl3d_keras.cli.main import show_library_log
+    from ssl3d_keras.downstream.probe import pretrain_with_probe as run_pretrain
     from ssl3d_keras.errors import ConfigError
-    from ssl3d_keras.training import pretrain as run_pretrain
     from ssl3d_keras.training.assemble import assemble_config
     from ssl3d_keras.training.checkpoints import read_json
     from ssl3d_keras.training.rundir import RunDir
@@ -95,6 +103,13 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; pass --resume "
                           "to continue it, or choose another --out folder. "
                           f"Received: --out {out_dir}")
+    if probe and monitor_every is None:
+        raise ConfigError("monitor.probe", "--probe runs at the checks of --monitor-every N; "
+                          "give both. Received: --probe without --monitor-every")
+    if monitor_every is not None:
+        overrides = (*overrides, f"monitor.every={monitor_every}")
+    if probe:
+        overrides = (*overrides, "monitor.probe=true")
     config = assemble_config(
         task, config=config_file, stored=read_json(run.config) if resume and run.is_run() else None,
         data=data_path, steps=steps, epochs=epochs, overrides=overrides, batch_size=batch_size,
@@ -108,6 +123,11 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     click.echo(f"  metrics:     {summary['metrics_csv']}")
     click.echo(f"  tensorboard: tensorboard --logdir {summary['tensorboard_dir']}")
     click.echo(f"  summary:     {Path(summary['run_dir']) / 'summary.json'}")
+    best = Path(summary["run_dir"]) / "best.json"
+    if best.is_file():
+        record = read_json(best)
+        click.echo(f"  best:        step {record['step']} ({record['metric']} "
+                   f"{record['score']:.3f}); monitor.csv has every check")
     if summary["final_accuracy"] is not None:
         click.echo(f"Final proxy accuracy {summary['final_accuracy']:.3f} (chance "
                    f"{summary['chance_accuracy']:.3f}), loss {summary['final_loss']:.4f}, after "

@@ -119,7 +119,9 @@ def export_run(run_dir, out_dir, *, formats="all", checkpoint=None, data=None):
         run_dir: a run directory written by `ssl3d_keras.training.pretrain`.
         out_dir: output folder.
         formats: as in `export_encoder`.
-        checkpoint: None (latest), a step number, or a checkpoint path prefix.
+        checkpoint: None (latest), a step number, `"best"` (the best monitored
+            checkpoint; its score goes into the metadata's summary), or a
+            checkpoint path prefix.
         data: input facts that override those found in the run (e.g. a zoo
             recipe's modality and channel names).
 
@@ -136,7 +138,13 @@ def export_run(run_dir, out_dir, *, formats="all", checkpoint=None, data=None):
     task, config = load_run(run_dir, checkpoint=checkpoint)
     summary = read_json(paths.summary) if paths.summary.is_file() else None
     facts = {**data_facts(config), **(data or {})}
-    if summary and checkpoint is not None:
+    if summary and checkpoint == "best":
+        from ssl3d_keras.training.run import best_checkpoint
+
+        best = best_checkpoint(run_dir)[1]
+        summary = {**summary, "steps": best["step"], "final_loss": None, "final_accuracy": None,
+                   "best": {"metric": best["metric"], "score": best["score"]}}
+    elif summary and checkpoint is not None:
         summary = {**summary, "steps": _checkpoint_step(checkpoint), "final_loss": None,
                    "final_accuracy": None}
     return export_encoder(task.encoder, out_dir, formats=formats, task=task, config=config,

@@ -19,6 +19,7 @@ Example:
 ...                                     "optimizer": {"learning_rate": 1e-3}})
 """
 
+import copy
 import dataclasses
 from typing import Literal
 
@@ -74,8 +75,11 @@ def quick_config(task):
     task finishes in a few minutes on two CPU cores, with a proxy accuracy
     clearly above chance (measured in tools/pretraining-defaults.md). The
     paper's settings are the `PretrainConfig` defaults and the zoo recipes.
+
+    Returns a new nested dict each call: changing it never changes the defaults.
     """
-    return _merge({"task": task, **_QUICK_COMMON}, QUICK_TASK_SETTINGS.get(task, {}))
+    merged = _merge({"task": task, **_QUICK_COMMON}, QUICK_TASK_SETTINGS.get(task, {}))
+    return copy.deepcopy(merged)
 
 
 @dataclasses.dataclass
@@ -183,6 +187,35 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
+class MonitorConfig:
+    """What a pretraining run checks while it trains (off by default).
+
+    Args:
+        every: steps between checks (and one at the end); 0 turns monitoring off.
+        validation_examples: held-out proxy examples scored at each check.
+        validation_volumes: held-out phantoms drawn for them (phantom runs).
+        validation_data: a prepared folder of held-out volumes (runs on real
+            data; without it, real-data runs skip the held-out proxy score).
+        probe: also run the downstream probe at each check.
+        probe_data: a labelled dataset for the probe (prepared or raw); None
+            uses labelled phantoms.
+        probe_cases: labelled phantoms of the probe (when `probe_data` is None).
+        probe_steps: decoder steps of each probe fit.
+        probe_patch_size: training patch of the probe.
+    """
+
+    every: int = 0
+    validation_examples: int = 32
+    validation_volumes: int = 8
+    validation_data: str | None = None
+    probe: bool = False
+    probe_data: str | None = None
+    probe_cases: int = 10
+    probe_steps: int = 60
+    probe_patch_size: int = 32
+
+
+@dataclasses.dataclass
 class PretrainConfig:
     """Everything that defines a pretraining run (stored as the run's `config.json`).
 
@@ -213,6 +246,9 @@ class PretrainConfig:
         keep_checkpoints: how many recent checkpoints to keep.
         log_every: write metrics.csv / TensorBoard every this many steps
             (values are means over the steps since the last log).
+        monitor: a `MonitorConfig`: held-out proxy scores and the downstream
+            probe every `monitor.every` steps, and the best checkpoint (off by
+            default).
     """
 
     task: str = "rotation"
@@ -230,6 +266,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
 
 def validate(config):
@@ -240,6 +277,12 @@ def validate(config):
     """
     from ssl3d_keras.errors import ConfigError
 
+    for key in ("every", "validation_examples", "validation_volumes", "probe_cases",
+                "probe_steps", "probe_patch_size"):
+        value = getattr(config.monitor, key)
+        if value < (0 if key == "every" else 1):
+            raise ConfigError(f"monitor.{key}", f"must be >= {0 if key == 'every' else 1}. "
+                              f"Received: {value!r}")
     positive = {
         "steps": config.steps,
         "batch_size": config.batch_size,

@@ -26,6 +26,7 @@ from ssl3d_keras.errors import ConfigError, DataError, Ssl3dError
 from ssl3d_keras.training import run as run_lib
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
 from ssl3d_keras.training.logging import TrainingLogger, truncate_metrics
+from ssl3d_keras.training.monitor import PretrainMonitor
 from ssl3d_keras.training.optim import current_learning_rate, dtype_policy, make_optimizer
 from ssl3d_keras.training.rundir import RunDir
 from ssl3d_keras.training.strategy import (
@@ -218,7 +219,7 @@ def _distributed_dataset(config, task, strategy, start_step):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def pretrain(config, out_dir, *, resume=False, verbose=True):
+def pretrain(config, out_dir, *, resume=False, verbose=True, probe=None):
     """Pretrain the encoder of a proxy task; the outputs go to a run directory.
 
     Args:
@@ -229,6 +230,10 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
         resume: continue from the latest checkpoint in `out_dir`, with the same
             data order, so the result equals that of an uninterrupted run.
         verbose: print progress and where the outputs are.
+        probe: the downstream probe `config.monitor.probe` asks for,
+            `probe(encoder, monitor_config, run_dir) -> float`
+            (`ssl3d_keras.downstream.probe.probe_encoder`; the downstream room
+            sits above this one, so it is handed in).
 
     Returns:
         The summary dict (also written to `summary.json`): `status`
@@ -282,6 +287,8 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
             previous_wall = float(read_json(paths.summary).get("wall_time_sec", 0))
 
     _warn_about_padding(config)
+    monitor = PretrainMonitor.create(config, task, checkpoints, out_dir, start_step=start,
+                                     probe=probe)
     dataset = _distributed_dataset(config, task, strategy, start)
     train_step = make_train_step(task, optimizer, strategy, jit_compile=jit_compile)
     _say(verbose, f"Pretraining '{config.task}' for {config.steps} steps (batch "
@@ -306,6 +313,8 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
                     raise NonFiniteLossError(step, values["loss"], checkpoints.latest)
                 logger.step(step, values, lr)
                 done = step
+                if monitor is not None and monitor.due(step):
+                    monitor.check(step)
                 if stop.signal is not None and step < config.steps:
                     status = "interrupted"
                     break

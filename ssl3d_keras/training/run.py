@@ -173,8 +173,10 @@ def load_run(run_dir, checkpoint=None):
 
     Args:
         run_dir: a run directory written by `pretrain`.
-        checkpoint: None for the latest checkpoint, a step number, or a
-            checkpoint path prefix (`.../checkpoints/ckpt-300`).
+        checkpoint: None for the latest checkpoint, a step number, `"best"`
+            (the checkpoint with the best monitored score, see
+            `ssl3d_keras.training.monitor`), or a checkpoint path prefix
+            (`.../checkpoints/ckpt-300`).
 
     Returns:
         `(task, config)`: the `ProxyTask` with restored weights (its encoder is
@@ -195,6 +197,8 @@ def load_run(run_dir, checkpoint=None):
     task = build_task(config)
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoints = RunCheckpoints(paths.checkpoints, task, None, step)
+    if checkpoint == "best":
+        checkpoint = str(best_checkpoint(run_dir)[0])
     if isinstance(checkpoint, int):
         checkpoint = str(paths.checkpoint(checkpoint))
         if not Path(checkpoint + ".index").is_file():
@@ -203,3 +207,22 @@ def load_run(run_dir, checkpoint=None):
     checkpoints.restore(checkpoint, expect_partial=True)
     return task, config
 
+
+
+def best_checkpoint(run_dir):
+    """`(path prefix, record)` of a run's best monitored checkpoint.
+
+    Raises:
+        DataError: the run kept no best checkpoint (it was not monitored).
+    """
+    from ssl3d_keras.training.monitor import BEST_FILE
+
+    paths = RunDir(run_dir)
+    record_file = paths.root / BEST_FILE
+    record = read_json(record_file) if record_file.is_file() else {}
+    prefix = record.get("checkpoint")
+    if not prefix or not Path(str(prefix) + ".index").is_file():
+        raise DataError(paths.root, "no best checkpoint: the run was not monitored. Pretrain "
+                        "with monitor.every > 0 (held-out proxy score, optionally the "
+                        "downstream probe) to keep one. Received a run without best.json")
+    return prefix, record

@@ -59,7 +59,7 @@ def build(name, *, data=None, out=None, overrides=(), progress=True, cache=None)
         ExportError: the recipe needs data that was not given.
     """
     from ssl3d_keras.export.exporter import export_run
-    from ssl3d_keras.training import pretrain
+    from ssl3d_keras.downstream.probe import pretrain_with_probe as pretrain
     from ssl3d_keras.training.rundir import RunDir
 
     recipe = get_recipe(name)

@@ -88,3 +88,13 @@ def test_quick_config_builds_every_task(task):
     assert config.task == task and config.steps == 300
     built = build_task(config)  # the reduced encoder fits the task's patches
     assert built.encoder.count_params() < 100_000
+
+
+def test_quick_config_returns_a_fresh_copy():
+    from ssl3d_keras.training.config import quick_config
+
+    first = quick_config("rotation")
+    first["data"]["phantoms"]["n"] = 999
+    first["encoder"]["depth"] = 9
+    second = quick_config("rotation")
+    assert second["data"]["phantoms"]["n"] != 999 and second["encoder"]["depth"] != 9
