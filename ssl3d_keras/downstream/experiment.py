@@ -12,6 +12,10 @@ OUT/encoders/<task>-<d>d/       their exports
 OUT/cells/<method>/f<fraction>-r<repeat>/   one fine-tuning run per cell
 OUT/results.csv                 one row per cell and test case
 OUT/results.md, OUT/dice.png    the table (mean +- sd; paired difference to scratch) and plot
+
+Methods: `<task>-3d`, `<task>-2d` (slice-wise 2D model, scored on the same 3D
+cases), encoders named by the user, `scratch` (3D) and, with 2D methods,
+`scratch-2d`, each from fresh weights of the same architecture.
 OUT/experiment.json             the resolved experiment settings
 ```
 
@@ -87,20 +91,25 @@ def _validate(config):
     if int(config.repeats) < 1:
         raise ConfigError("repeats", f"must be >= 1. Received: {config.repeats}")
     for name in config.encoders:
-        if name == "scratch" or any(name == f"{t}-{d}d" for t in config.tasks for d in (2, 3)):
+        if name in ("scratch", "scratch-2d") or any(name == f"{t}-{d}d" for t in config.tasks for d in (2, 3)):
             raise ConfigError("encoders", f"the name {name!r} is taken by a built-in method. "
                               f"Received: {sorted(config.encoders)}")
     return config
 
 
 def methods_of(config):
-    """The compared methods, in table order: each task's 3D (and 2D), named encoders, scratch."""
+    """The compared methods, in table order: each task's 3D (and 2D), named encoders, scratch.
+
+    With 2D methods there is also `scratch-2d` (a slice-wise 2D model from fresh
+    weights), which separates what 2D pretraining buys from what a 2D model costs.
+    """
     methods = []
     for task in config.tasks:
         methods.append(f"{task}-3d")
         if config.include_2d:
             methods.append(f"{task}-2d")
-    return [*methods, *config.encoders, "scratch"]
+    return [*methods, *config.encoders, "scratch", *(["scratch-2d"] if config.include_2d
+                                                      else [])]
 
 
 def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
@@ -141,13 +150,13 @@ def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
 
 def _cell_config(base, method, handle, fraction, repeat, base_schedule="auto"):
     config = copy.deepcopy(base)
-    if base_schedule == "auto" and method != "scratch":
+    if base_schedule == "auto" and not method.startswith("scratch"):
         config.schedule = "warmup"
     config.split.label_fraction = float(fraction)
     config.split.repeat = int(repeat)
-    if method == "scratch":
+    if method in ("scratch", "scratch-2d"):
         config.encoder, config.scratch = None, True
-        config.data.dim = 3
+        config.data.dim = 2 if method == "scratch-2d" else 3
         if base_schedule == "auto":
             config.schedule = "full"
     else:

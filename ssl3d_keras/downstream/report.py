@@ -553,10 +553,10 @@ _DIM_TOKEN = re.compile(r"[-_ ]?(?<![0-9])[23]d(?![a-z0-9])[-_ ]?")
 
 
 def _line_style(method):
-    """(family, linestyle): scratch dashed grey, 2D dashed, anything else (3D) solid."""
+    """(family, linestyle): scratch grey (dashed, dotted in 2D), 2D dashed, 3D solid."""
     name = method.lower()
     if "scratch" in name:
-        return None, "--"
+        return None, ":" if _TWO_D.search(name) else "--"
     # 2D and 3D variants of a task share a colour, so the pair reads as one comparison.
     family = _DIM_TOKEN.sub("", name) or name
     return family, "--" if _TWO_D.search(name) else "-"
@@ -567,7 +567,7 @@ def plot_fractions(rows, path, metric="dice_mean", title=None):
 
     Each line is the mean over repeats (markers at the fractions) with a band
     of ± one sd over repeats (`summary_table`). Training from scratch (a method
-    whose name contains "scratch") is dashed grey, 2D methods (a `2d` token in
+    whose name contains "scratch") is grey, dashed (dotted for a 2D scratch), 2D methods (a `2d` token in
     the name, e.g. `"rotation-2d"`) are dashed, 3D methods solid; the 2D and 3D
     variants of one task share a colour. The x axis has the fractions as ticks,
     on a log scale when they span more than a factor 4.

@@ -23,10 +23,10 @@ def test_every_cell_is_scored_on_the_same_test_cases_and_reported(tmp_path, monk
     out = tmp_path / "exp"
     result = experiment.run_experiment(_tiny(), out, verbose=False)
     rows = read_rows(out / "results.csv")
-    methods = {"rotation-3d", "rotation-2d", "scratch"}
+    methods = {"rotation-3d", "rotation-2d", "scratch", "scratch-2d"}
     assert {r["method"] for r in rows} == methods
     cells = {(r["method"], r["fraction"]) for r in rows}
-    assert len(cells) == 3
+    assert len(cells) == 4
     cases = {frozenset(r["case"] for r in rows if (r["method"], r["fraction"]) == cell)
              for cell in cells}
     assert len(cases) == 1  # one fixed test split for every method and fraction
