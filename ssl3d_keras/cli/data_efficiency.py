@@ -42,7 +42,7 @@ def _encoders(ctx, param, values):
 @click.option("--fractions", callback=_floats, metavar="F,...",
               help="Label fractions. Default: 0.1,0.25,0.5,1.")
 @click.option("--repeats", type=click.IntRange(min=1),
-              help="Seeded label subsets per fraction. Default: 2.")
+              help="Repeats per fraction, each with another label subset and seed. Default: 2.")
 @click.option("--encoder", "encoders", multiple=True, callback=_encoders,
               metavar="NAME=HANDLE", help="Also compare an encoder pretrained elsewhere "
               "(a name ending in -2d runs slice-wise). Repeatable.")

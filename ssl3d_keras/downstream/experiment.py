@@ -49,7 +49,8 @@ class ExperimentConfig:
         include_2d: also pretrain each task on 2D slices and fine-tune a
             slice-wise 2D model (the paper's 2D baseline).
         fractions: label fractions, each in (0, 1].
-        repeats: seeded label subsets per fraction.
+        repeats: repeats per fraction: each draws another label subset and
+            another seed (initialisation, patch order).
         encoders: extra methods, name -> encoder handle (pretrained elsewhere);
             a name ending in "-2d" is fine-tuned slice-wise.
         pretrain_steps: steps of each pretraining (the demonstration config of
@@ -150,6 +151,9 @@ def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
 
 def _cell_config(base, method, handle, fraction, repeat, base_schedule="auto"):
     config = copy.deepcopy(base)
+    # A repeat draws another label subset and another initialisation and patch order, so
+    # the spread over repeats includes training noise (at 100 % the subsets coincide).
+    config.seed = int(base.seed) + int(repeat)
     if base_schedule == "auto" and not method.startswith("scratch"):
         config.schedule = "warmup"
     config.split.label_fraction = float(fraction)
