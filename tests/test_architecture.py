@@ -14,8 +14,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ssl3d_keras"
 # Each room may import only rooms on lower floors (and its own). Floors, low to high:
 FLOORS = [
     {"errors"},
-    {"config", "atomic"},
-    {"ops", "losses", "data", "models"},
+    {"config", "atomic", "checksum"},
+    {"ops", "losses"},
+    {"data", "models"},
     {"tasks"},
     {"training", "visualize"},
     {"export", "benchmark"},

@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from ssl3d_keras.config import check_int
 from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.phantoms import _as_shape, make_phantom
 from ssl3d_keras.data.shards import parse_example
 from ssl3d_keras.errors import ConfigError, DataError
+from ssl3d_keras.ops.patches import random_crop_start
 
 AUTOTUNE = tf.data.AUTOTUNE
 PHANTOM_DEFAULTS = {"n": 16, "size": 64, "channels": 1, "seed": 0, "dim": 3}
@@ -140,7 +142,8 @@ def volume_slices(volumes, *, slice_axis=0):
 
     Returns:
         dataset of 2D dicts: `image` `(H', W', C)`, `label` `(H', W')` or `(0,)`,
-        `case_id` `"<case>:<slice index>"`; the other two axes keep their order.
+        `case_id` as `ssl3d_keras.data.sources.slice_case_id` names it
+        (`"<case>/z040"`); the other two axes keep their order.
     """
     if slice_axis not in (0, 1, 2):
         raise ConfigError("slice_axis", f"expected 0, 1 or 2. Received: slice_axis={slice_axis!r}")
@@ -156,12 +159,21 @@ def volume_slices(volumes, *, slice_axis=0):
             lambda: tf.transpose(tf.reshape(label, tf.shape(image)[:3]), perm),
             lambda: tf.zeros([n, 0], tf.int32),
         )
-        index = tf.strings.as_string(tf.range(n), width=3, fill="0")
-        ids = tf.strings.join([tf.fill([n], volume["case_id"]), index], separator=":")
+        ids = _slice_case_ids(volume["case_id"], slice_axis, n)
         images = tf.ensure_shape(images, [None, None, None, channels])
         return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "case_id": ids})
 
     return volumes.flat_map(to_slices)
+
+
+def _slice_case_ids(case_id, axis, n):
+    """`sources.slice_case_id(case_id, axis, i, n)` for i in range(n), in the graph."""
+    digits = tf.strings.as_string(tf.range(n))
+    width = tf.maximum(3, tf.strings.length(tf.strings.as_string(tf.maximum(n - 1, 0))))
+    zeros = tf.strings.substr(tf.fill([n], "0" * 20), tf.zeros([n], tf.int32),
+                              width - tf.strings.length(digits))
+    prefix = tf.strings.join([case_id, "/", "xyz"[axis]])
+    return tf.strings.join([tf.fill([n], prefix), zeros, digits])
 
 
 def _slice_count(manifest, slice_axis, input_context):
@@ -309,9 +321,7 @@ def random_crop_pair(image, label, size, seed):
     pad = tf.maximum(crop - spatial, 0)
     paddings = tf.stack([pad // 2, pad - pad // 2], axis=1)
     spatial = spatial + pad
-    uniform = tf.random.stateless_uniform([dim], seed)
-    offset = tf.cast(tf.floor(uniform * tf.cast(spatial - crop + 1, tf.float32)), tf.int32)
-    offset = tf.minimum(offset, spatial - crop)
+    offset = random_crop_start(spatial, crop, seed)
 
     image = tf.pad(image, tf.concat([paddings, [[0, 0]]], 0))
     image = tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([crop, [-1]], 0))
@@ -324,11 +334,6 @@ def random_crop_pair(image, label, size, seed):
     if label.shape.rank == 1 and label.shape[0] == 0:
         return image, label
     return image, tf.cond(tf.size(label) > 0, crop_label, lambda: tf.zeros([0], label.dtype))
-
-
-def _check_positive(name, value):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(name, f"expected an int >= 1. Received: {name}={value!r}")
 
 
 def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, crops_per_volume=1,
@@ -372,8 +377,8 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
     >>> batches = make_pipeline(volumes, functools.partial(task.transform, training=True),
     ...                         batch_size=4, crop_size=32)
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("crops_per_volume", crops_per_volume)
+    check_int("batch_size", batch_size)
+    check_int("crops_per_volume", crops_per_volume)
     if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
         raise ConfigError("start_batch", f"expected an int >= 0. Received: start_batch={start_batch!r}")
     rank = volumes.element_spec["image"].shape.rank

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl3d_keras import __version__
+from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.config import from_dict, to_dict
 from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.preprocess import PreprocessConfig
@@ -166,7 +167,7 @@ def _sha256(path, cache, shard_io):
     if path not in cache:
         if len(cache) > 256:
             cache.clear()
-        cache[path] = shard_io.file_sha256(path)
+        cache[path] = sha256_file(path)
     return cache[path]
 
 

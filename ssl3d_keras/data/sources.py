@@ -593,6 +593,23 @@ def _images2d(root):
     return Images2DSource(root, cases, names)
 
 
+def slice_case_id(case_id, axis, index, count):
+    """The id of 2D slice `index` (of `count`) along `axis` of case `case_id`.
+
+    The one 2D-slice id format: prepared slices and slices cut in the
+    pipeline (`ssl3d_keras.data.pipeline.volume_slices`) are named alike.
+
+    Example:
+
+    >>> slice_case_id("case_012", 2, 40, 155)
+    'case_012/z040'
+    >>> slice_case_id("case_012", 0, 7, 1200)
+    'case_012/x0007'
+    """
+    width = max(3, len(str(count - 1)))
+    return f"{case_id}/{_AXIS_LETTERS[axis]}{index:0{width}d}"
+
+
 def _slices(source, axis):
     cases, parents = [], {}
     for case in source.cases:
@@ -602,9 +619,8 @@ def _slices(source, axis):
             # An unreadable volume still gets a case, so it shows up as skipped, not vanished.
             shape = (1, 1, 1)
         n = shape[axis]
-        width = max(3, len(str(n - 1)))
         for index in range(n):
-            cid = f"{case.case_id}/{_AXIS_LETTERS[axis]}{index:0{width}d}"
+            cid = slice_case_id(case.case_id, axis, index, n)
             cases.append(Case(cid, case.images, case.label, case.grade))
             parents[cid] = (case, index)
     return SliceSource(source, axis, cases, parents)

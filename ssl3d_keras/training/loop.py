@@ -1,10 +1,8 @@
 """The custom pretraining loop (not `model.fit`): strategy, checkpoints, resume.
 
-One step: every replica runs `task.compute_loss_and_metrics` on its share of
-the global batch, divides its loss by the number of replicas (so the summed
-gradients are those of the global-batch mean), scales it for mixed_float16,
-and the optimiser sums the gradients across replicas and applies them. Loss
-and accuracy are averaged across replicas.
+One step: every replica runs `ProxyTask.optimization_step` (the project's one
+train step, also behind `fit`) on its share of the global batch; loss and
+accuracy are averaged across replicas.
 """
 
 import logging
@@ -23,10 +21,11 @@ import tensorflow as tf
 from ssl3d_keras.atomic import write_json_atomic
 from ssl3d_keras.config import to_dict
 from ssl3d_keras.errors import ConfigError, DataError, Ssl3dError
+from ssl3d_keras.models.dtype import dtype_policy
 from ssl3d_keras.training import run as run_lib
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
 from ssl3d_keras.training.logging import TrainingLogger, truncate_metrics
-from ssl3d_keras.training.optim import current_learning_rate, dtype_policy, make_optimizer
+from ssl3d_keras.training.optim import current_learning_rate, make_optimizer
 from ssl3d_keras.training.rundir import RunDir
 from ssl3d_keras.training.strategy import (
     gpu_count,
@@ -76,15 +75,7 @@ def make_train_step(task, optimizer, strategy, *, jit_compile=False):
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(inputs, target):
-        with tf.GradientTape() as tape:
-            loss, metrics = task.compute_loss_and_metrics(inputs, target, training=True)
-            # Each replica holds 1/replicas of the global batch; the optimiser
-            # sums the replicas' gradients, giving those of the global mean.
-            scaled = optimizer.scale_loss(loss / replicas)
-        variables = task.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return metrics
+        return task.optimization_step(inputs, target, optimizer, replicas)
 
     replica_step = tf.function(replica_step, jit_compile=jit_compile)
 

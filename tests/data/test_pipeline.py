@@ -15,6 +15,7 @@ from ssl3d_keras.data.pipeline import (
     volume_slices,
 )
 from ssl3d_keras.data.shards import MANIFEST_FORMAT, ShardWriter, write_manifest
+from ssl3d_keras.data.sources import slice_case_id
 from ssl3d_keras.errors import ConfigError, DataError
 
 
@@ -193,7 +194,7 @@ def test_open_volumes_sources(tmp_path):
     image, label = make_phantom((0, 1), size=10)
     np.testing.assert_array_equal(items[13]["image"], image[:, 3])
     np.testing.assert_array_equal(items[13]["label"], label[:, 3])
-    assert items[13]["case_id"].decode() == "phantom_001:003"
+    assert items[13]["case_id"].decode() == slice_case_id("phantom_001", 1, 3, 10) == "phantom_001/y003"
 
     native = open_volumes(None, dim=2, phantoms=dict(n=2, size=10, dim=2))
     assert native.element_spec["image"].shape == (10, 10, 1)
@@ -273,3 +274,14 @@ def test_cases_smaller_than_the_crop_are_named():
     # 2D slices along axis 2 see only the first two axes.
     assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=2) == []
     assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=0) == ["thin"]
+
+
+def test_slices_cut_in_the_pipeline_are_named_like_prepared_slices():
+    import tensorflow as tf
+
+    from ssl3d_keras.data.pipeline import _slice_case_ids
+
+    for n in (1, 12, 1001):
+        ids = [s.decode() for s in _slice_case_ids(tf.constant("c7"), 2, tf.constant(n)).numpy()]
+        assert ids == [slice_case_id("c7", 2, i, n) for i in range(n)]
+    assert ids[5] == "c7/z0005"
