@@ -25,7 +25,7 @@ def atomic_path(path):
 
     Example:
 
-    >>> with atomic_path("out/volume.nii.gz") as tmp:
+    >>> with atomic_path("out/volume.nii.gz") as tmp:  # doctest: +SKIP
     ...     nibabel.save(image, tmp)
     """
     path = Path(path)

@@ -20,7 +20,7 @@ FLOORS = [
     {"tasks"},
     {"training", "visualize"},
     {"export", "benchmark"},
-    {"zoo"},
+    {"zoo", "testing"},
     {"cli"},
     {"__main__"},
 ]

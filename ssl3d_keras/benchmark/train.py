@@ -7,7 +7,7 @@ backward and optimiser update are timed (no input pipeline).
 Example:
 
 >>> from ssl3d_keras.benchmark.train import measure_training
->>> measure_training(task="rotation", size=32, batch_size=2, steps=10)
+>>> measure_training(task="rotation", size=32, batch_size=2, steps=10)  # doctest: +SKIP
 {'median_step_sec': ..., 'examples_per_sec': ..., ...}
 """
 

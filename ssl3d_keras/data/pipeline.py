@@ -372,6 +372,8 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
 
     Example:
 
+    >>> import functools
+    >>> import ssl3d_keras
     >>> task = ssl3d_keras.tasks.get("rotation", input_shape=(32, 32, 32, 1))
     >>> volumes = open_volumes(None, phantoms=dict(n=8, size=48))
     >>> batches = make_pipeline(volumes, functools.partial(task.transform, training=True),

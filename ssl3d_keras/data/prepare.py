@@ -9,9 +9,7 @@ nothing half-made. An existing manifest is never replaced unless asked.
 Example:
 
 >>> from ssl3d_keras.data.prepare import prepare_dataset
->>> from ssl3d_keras.data.manifest import Manifest
-from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
-from ssl3d_keras.data.preprocess import PreprocessConfig
+>>> from ssl3d_keras.data.preprocess import PreprocessConfig
 >>> manifest = prepare_dataset(                                   # doctest: +SKIP
 ...     "Task07_Pancreas", "prepared/pancreas",
 ...     preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0), normalize="ct",

@@ -35,7 +35,7 @@ Example:
 >>> source = discover("Task07_Pancreas")                     # doctest: +SKIP
 >>> train, val = split_cases(source.cases, (0.8, 0.2), seed=0)  # doctest: +SKIP
 >>> case = source.load(train[0])                              # doctest: +SKIP
->>> case.image.shape                                          # (D, H, W, C) doctest: +SKIP
+>>> case.image.shape  # (D, H, W, C)                           # doctest: +SKIP
 """
 
 import csv

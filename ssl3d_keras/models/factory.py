@@ -32,9 +32,13 @@ def _architectures():
     return {"unet": (UNetEncoder, (2, 3)), "densenet121": (DenseNetEncoder, (2,))}
 
 
-def list_architectures():
-    """Sorted names accepted by the `architecture` key."""
+def list_encoders():
+    """Sorted names of the encoder architectures (the `encoder.architecture` key)."""
     return sorted(_architectures())
+
+
+# The name this had before the registries shared one verb pair.
+list_architectures = list_encoders
 
 
 def architecture_arguments(architecture):
@@ -60,7 +64,7 @@ def _lookup(architecture):
     return architectures[architecture]
 
 
-def build_encoder(spec, *, input_channels, dim):
+def get_encoder(spec, *, input_channels, dim):
     """The encoder described by `spec`, for `input_channels` channels and `dim` spatial axes.
 
     Args:
@@ -117,3 +121,7 @@ def build_encoder(spec, *, input_channels, dim):
     if "dim" in inspect.signature(cls.__init__).parameters:
         arguments["dim"] = dim
     return cls(input_channels=input_channels, **arguments)
+
+
+# The name this had before the registries shared one verb pair.
+build_encoder = get_encoder

@@ -60,3 +60,7 @@ def get(name, **config):
         A `ProxyTask` (a `keras.Model`) with its encoder.
     """
     return get_class(name)(**config)
+
+
+# The registries' shared verb pair: get_task / list_tasks (`get` is the original name).
+get_task = get

@@ -235,7 +235,7 @@ def pretrain(config, out_dir, *, resume=False, verbose=True):
     Example:
 
     >>> from ssl3d_keras.training import pretrain
-    >>> summary = pretrain({"task": "rotation", "steps": 20}, "runs/rot")
+    >>> summary = pretrain({"task": "rotation", "steps": 20}, "runs/rot")  # doctest: +SKIP
     """
     out_dir = Path(out_dir).resolve()
     config = _prepare_run_dir(config, out_dir, resume, verbose)
