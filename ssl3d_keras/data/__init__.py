@@ -27,9 +27,9 @@ __all__ = ["Manifest", "discover", "make_pipeline", "open_volumes", "prepare_dat
 
 _LAZY = {
     "Manifest": "ssl3d_keras.data.manifest",
-    "discover": "ssl3d_keras.data.sources",
+    "discover": "ssl3d_keras.data.layouts",
     "prepare_dataset": "ssl3d_keras.data.prepare",
-    "open_volumes": "ssl3d_keras.data.pipeline",
+    "open_volumes": "ssl3d_keras.data.volumes",
     "make_pipeline": "ssl3d_keras.data.pipeline",
 }
 

@@ -26,10 +26,10 @@ import numpy as np
 from ssl3d_keras import __version__
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.data.layouts import discover
 from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.preprocess import PreprocessConfig
 from ssl3d_keras.data.preprocess import preprocess as preprocess_case
-from ssl3d_keras.data.sources import discover
 from ssl3d_keras.errors import ConfigError, DataError
 
 SHARD_PREFIX = "shard"
@@ -40,7 +40,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
     """Preprocess every case of a dataset into TFRecord shards and write the manifest.
 
     Args:
-        src: dataset path (see `ssl3d_keras.data.sources.discover`).
+        src: dataset path (see `ssl3d_keras.data.layouts.discover`).
         out_dir: output folder (created). Holds `shard-00000.tfrecord`, ... and
             `manifest.json`.
         preprocess: a `PreprocessConfig` (or a dict of its fields). Default

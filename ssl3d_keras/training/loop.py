@@ -186,7 +186,8 @@ def _warn_about_padding(config):
 def _distributed_dataset(config, task, strategy, start_step):
     from functools import partial
 
-    from ssl3d_keras.data.pipeline import make_pipeline, open_volumes
+    from ssl3d_keras.data.pipeline import make_pipeline
+    from ssl3d_keras.data.volumes import open_volumes
 
     data = config.data
     phantoms = {"n": data.phantoms.n, "size": data.phantoms.size,

@@ -279,7 +279,7 @@ def test_cases_smaller_than_the_crop_are_named():
 def test_slices_cut_in_the_pipeline_are_named_like_prepared_slices():
     import tensorflow as tf
 
-    from ssl3d_keras.data.pipeline import _slice_case_ids
+    from ssl3d_keras.data.volumes import _slice_case_ids
 
     for n in (1, 12, 1001):
         ids = [s.decode() for s in _slice_case_ids(tf.constant("c7"), 2, tf.constant(n)).numpy()]
