@@ -34,6 +34,8 @@ from ssl3d_keras.data.volumes import (  # noqa: F401  (the volume sources, re-ex
 from ssl3d_keras.errors import ConfigError, DataError
 from ssl3d_keras.ops.patches import random_crop_start
 
+__all__ = ["cases_smaller_than", "make_pipeline", "random_crop_pair"]
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 # Independent random streams folded into the pipeline seed.

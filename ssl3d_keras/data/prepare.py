@@ -32,6 +32,8 @@ from ssl3d_keras.data.preprocess import PreprocessConfig
 from ssl3d_keras.data.preprocess import preprocess as preprocess_case
 from ssl3d_keras.errors import ConfigError, DataError
 
+__all__ = ["prepare_dataset", "summary_line"]
+
 SHARD_PREFIX = "shard"
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from ssl3d_keras.data import nifti
 from ssl3d_keras.errors import ConfigError, DataError
 
+__all__ = ["Case", "DatasetSource", "Images2DSource", "LoadedCase", "SliceSource", "VolumeSource", "slice_case_id", "split_cases"]
+
 # Names that moved to `ssl3d_keras.data.layouts`, still importable from here.
 _MOVED = ("BRATS_LABELS", "BRATS_MODALITIES", "IMAGE_SUFFIXES", "LAYOUTS", "NIFTI_SUFFIXES",
           "detect_layout", "discover")

@@ -17,6 +17,8 @@ from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
 from ssl3d_keras.export.archive import cache_dir, download, safe_extract
 
+__all__ = ["extract_cached", "load_encoder", "resolve_handle", "savedmodel_as_model"]
+
 logger = logging.getLogger("ssl3d_keras")
 
 

@@ -18,6 +18,9 @@ import inspect
 from ssl3d_keras.config import closest
 from ssl3d_keras.errors import ConfigError
 
+__all__ = ["architecture_arguments", "build_encoder", "get_encoder", "list_architectures",
+           "list_encoders"]
+
 DEFAULT_ARCHITECTURE = "unet"
 
 # Arguments the run sets from its data, never from the encoder table.
@@ -111,8 +114,8 @@ def get_encoder(spec, *, input_channels, dim):
         key = unknown[0]
         hint = ""
         if architecture != DEFAULT_ARCHITECTURE:
-            hint = (f"; to replace a whole U-Net table on the command line use "
-                    f"--set 'encoder={{architecture=\"{architecture}\"}}'")
+            hint = ("; to replace the whole U-Net table, override the table itself: "
+                    f"encoder={{architecture=\"{architecture}\"}}")
         raise ConfigError(
             f"encoder.{key}",
             f"unknown key for architecture {architecture!r}{closest(key, allowed)}; "
