@@ -21,11 +21,10 @@ import tensorflow as tf
 from ssl3d_keras.atomic import write_json_atomic
 from ssl3d_keras.config import to_dict
 from ssl3d_keras.errors import ConfigError, DataError, Ssl3dError
-from ssl3d_keras.models.dtype import dtype_policy
 from ssl3d_keras.training import run as run_lib
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
 from ssl3d_keras.training.logging import TrainingLogger, truncate_metrics
-from ssl3d_keras.training.optim import current_learning_rate, make_optimizer
+from ssl3d_keras.training.optim import current_learning_rate, dtype_policy, make_optimizer
 from ssl3d_keras.training.rundir import RunDir
 from ssl3d_keras.training.strategy import (
     gpu_count,
