@@ -1,13 +1,16 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a part.
+"""Atomic writes: a reader sees the old file (or folder) or the complete new one, never a part.
 
 Every file that must not be half-written (NIfTI volumes, manifests, run
 configs, figures, archives) goes through `atomic_path`: write to a temporary
 name in the same folder, then `os.replace`, which is atomic on one file system.
+Every folder that must appear whole (presets, SavedModels, extracted archives)
+goes through `atomic_dir`.
 """
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +25,7 @@ def atomic_path(path):
 
     Example:
 
-    >>> with atomic_path("out/volume.nii.gz") as tmp:
+    >>> with atomic_path("out/volume.nii.gz") as tmp:  # doctest: +SKIP
     ...     nibabel.save(image, tmp)
     """
     path = Path(path)
@@ -70,3 +73,45 @@ def write_json_atomic(path, data, **dumps_kwargs):
         f.flush()
         os.fsync(f.fileno())
     return Path(path)
+
+
+def replace_dir(src, dst):
+    """Move folder `src` to `dst`, replacing an existing `dst` (same file system).
+
+    `os.replace` cannot replace a non-empty folder, so an existing `dst` is
+    first renamed aside and removed after the new one is in place.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    old = None
+    if os.path.exists(dst):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(dst))
+        os.replace(dst, os.path.join(old, "x"))
+    os.replace(src, dst)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield an empty temporary folder beside `path`; it replaces `path` if the block succeeds.
+
+    The one atomic directory replace: presets, SavedModels and extracted
+    archives are written through it, so a reader sees the old folder or the
+    complete new one. On any exception the temporary folder is removed and
+    `path` is left as it was.
+
+    Example:
+
+    >>> with atomic_dir("export/preset") as tmp:
+    ...     (tmp / "config.json").write_text("{}")  # doctest: +SKIP
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        target = holder / path.name
+        target.mkdir()
+        yield target
+        replace_dir(target, path)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)

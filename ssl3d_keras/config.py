@@ -16,6 +16,7 @@ Optim(learning_rate=0.001)
 import dataclasses
 import difflib
 import json
+import numbers
 import tomllib
 import types
 import typing
@@ -24,10 +25,54 @@ from pathlib import Path
 from ssl3d_keras.errors import ConfigError
 
 
+def check_int(key, value, minimum=1):
+    """Raise a `ConfigError` unless `value` is an int (not a bool) >= `minimum`.
+
+    Example:
+
+    >>> check_int("depth", 0)
+    Traceback (most recent call last):
+    ...
+    ssl3d_keras.errors.ConfigError: config key 'depth': expected an int >= 1. Received: depth=0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(key, f"expected an int >= {minimum}. Received: {key}={value!r}")
+
+
+def check_choice(key, value, choices):
+    """Raise a `ConfigError`, with the closest choice, unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(key, f"expected one of {list(choices)}{closest(value, choices)}. "
+                          f"Received: {key}={value!r}")
+
+
 def closest(name, choices):
     """Return `" (did you mean 'x'?)"` for the closest of `choices`, or `""`."""
     match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+# Keyword arguments Keras itself passes to a model constructor (from_config, clone_model).
+KERAS_MODEL_KWARGS = ("name", "trainable", "dtype")
+
+
+def reject_unknown_kwargs(owner, kwargs, allowed=KERAS_MODEL_KWARGS, known=()):
+    """The one unknown-keyword guard of the Keras classes (Keras models accept any silently).
+
+    Args:
+        owner: class name used in the error key, e.g. `"UNetEncoder"`.
+        kwargs: the `**kwargs` the constructor received.
+        allowed: the keyword arguments passed on to Keras.
+        known: the constructor's own arguments, offered as did-you-mean suggestions.
+
+    Raises:
+        ConfigError: naming the first unknown key, with the closest known one.
+    """
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{owner}.{unknown[0]}",
+                          f"unknown argument(s) {unknown}{closest(unknown[0], [*known, *allowed])}"
+                          f". Received: {kwargs}")
 
 
 def from_dict(cls, data, prefix=""):

@@ -7,7 +7,7 @@ backward and optimiser update are timed (no input pipeline).
 Example:
 
 >>> from ssl3d_keras.benchmark.train import measure_training
->>> measure_training(task="rotation", size=32, batch_size=2, steps=10)
+>>> measure_training(task="rotation", size=32, batch_size=2, steps=10)  # doctest: +SKIP
 {'median_step_sec': ..., 'examples_per_sec': ..., ...}
 """
 
@@ -17,9 +17,10 @@ import time
 
 import tensorflow as tf
 
+from ssl3d_keras.models.dtype import dtype_policy
 from ssl3d_keras.training.config import QUICK_ENCODER, OptimizerConfig
 from ssl3d_keras.training.loop import make_train_step
-from ssl3d_keras.training.optim import dtype_policy, make_optimizer
+from ssl3d_keras.training.optim import make_optimizer
 from ssl3d_keras.training.strategy import resolve_precision
 
 # The reduced encoder of the quick demonstration run (`ssl3d pretrain TASK`).

@@ -78,9 +78,9 @@ def prepare(src, out_dir, layout, spacing, normalize, ct_window, crop_foreground
         ssl3d prepare Task07_Pancreas --out prepared/pancreas --spacing 1,1,1 \\
             --normalize ct --ct-window -100 240 --crop-foreground --on-error skip
     """
+    from ssl3d_keras.data.layouts import discover
     from ssl3d_keras.data.prepare import prepare_dataset, summary_line
     from ssl3d_keras.data.preprocess import PreprocessConfig
-    from ssl3d_keras.data.sources import discover
 
     spacing = _parse_numbers("--spacing", spacing, float)
     shape = _parse_numbers("--shape", shape, int)

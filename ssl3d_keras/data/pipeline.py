@@ -1,9 +1,9 @@
-"""tf.data pipelines: volumes in, batches of proxy examples out.
+"""The example stream: volumes in, batches of proxy examples out.
 
 ```
-phantoms | shards -> (2D slices) -> cache -> per-epoch seeded shuffle of volumes
-    -> global example index -> skip to start_batch -> random crop -> task transform
-    -> batch -> prefetch
+volumes (ssl3d_keras.data.volumes: phantoms | shards -> (2D slices))
+    -> cache -> per-epoch seeded shuffle of volumes -> global example index
+    -> skip to start_batch -> random crop -> task transform -> batch -> prefetch
 ```
 
 Every random choice is stateless and derived from the pipeline `seed` and the
@@ -14,226 +14,32 @@ training run resumes; skipped examples are dropped as indices, before any crop
 or transform runs on them. The volume order of epoch e is a buffer shuffle
 seeded by (seed, e) alone: TF's global seed (`keras.utils.set_random_seed`)
 changes nothing, so the data order of a run does not depend on what else
-seeded TensorFlow.
+seeded TensorFlow. The volume sources (`open_volumes` and friends) live in
+`ssl3d_keras.data.volumes` and are still importable from here.
 """
 
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
-from ssl3d_keras.data.phantoms import _as_shape, make_phantom
-from ssl3d_keras.data.shards import parse_example
+from ssl3d_keras.config import check_int
+from ssl3d_keras.data.manifest import Manifest
+from ssl3d_keras.data.volumes import (  # noqa: F401  (the volume sources, re-exported)
+    PHANTOM_DEFAULTS,
+    open_volumes,
+    phantom_volumes,
+    shard_volumes,
+    volume_slices,
+)
 from ssl3d_keras.errors import ConfigError, DataError
+from ssl3d_keras.ops.patches import random_crop_start
+
+__all__ = ["cases_smaller_than", "make_pipeline", "random_crop_pair"]
 
 AUTOTUNE = tf.data.AUTOTUNE
-PHANTOM_DEFAULTS = {"n": 16, "size": 64, "channels": 1, "seed": 0, "dim": 3}
 
 # Independent random streams folded into the pipeline seed.
 _SHUFFLE, _CROP, _TRANSFORM = 1, 2, 3
-
-
-def _shard_range(n, input_context):
-    """Indices of `range(n)` this input pipeline reads under `input_context`."""
-    if input_context is None or input_context.num_input_pipelines <= 1:
-        return list(range(n))
-    return list(range(input_context.input_pipeline_id, n, input_context.num_input_pipelines))
-
-
-def phantom_volumes(n, *, size, channels=1, dim=3, seed=0, input_context=None):
-    """Synthetic phantoms as a finite dataset, one element per volume.
-
-    Volume `i` is `make_phantom((seed, i), ...)` with case id `phantom_00i`,
-    the same case `write_phantom_dataset` writes.
-
-    Args:
-        n: int >= 1, number of volumes.
-        size: int or tuple of `dim` ints.
-        channels: int, number of contrasts. Default 1.
-        dim: 3 or 2. Default 3.
-        seed: int, data set seed. Default 0.
-        input_context: optional `tf.distribute.InputContext`; each input
-            pipeline then reads every `num_input_pipelines`-th volume.
-
-    Returns:
-        `tf.data.Dataset` of dicts: `image` float32 `(*size, C)`, `label`
-        int32 `(*size)`, `case_id` `tf.string`.
-    """
-    if int(n) < 1:
-        raise ConfigError("phantoms.n", f"expected at least one phantom. Received: n={n!r}")
-    shape = _as_shape(size, dim)
-
-    def generate(index):
-        return make_phantom((seed, int(index)), size=shape, channels=channels, dim=dim)
-
-    def to_volume(index):
-        image, label = tf.numpy_function(generate, [index], [tf.float32, tf.int32], stateful=False)
-        image.set_shape([*shape, channels])
-        label.set_shape(shape)
-        case_id = tf.strings.join(["phantom_", tf.strings.as_string(index, width=3, fill="0")])
-        return {"image": image, "label": label, "case_id": case_id}
-
-    indices = np.array(_shard_range(int(n), input_context), np.int64)
-    return tf.data.Dataset.from_tensor_slices(indices).map(
-        to_volume, num_parallel_calls=AUTOTUNE, deterministic=True
-    )
-
-
-def shard_volumes(shard_dir, *, input_context=None, deterministic=True):
-    """The volumes of a prepared shard folder (one with `manifest.json`).
-
-    Args:
-        shard_dir: folder written by `ssl3d prepare`.
-        input_context: optional `tf.distribute.InputContext`; shard files are
-            then split across input pipelines (file `i` goes to pipeline
-            `i % num_input_pipelines`).
-        deterministic: bool, keep the parallel interleave's order fixed.
-            Default True.
-
-    Returns:
-        `tf.data.Dataset` of dicts: `image` float32 `(*spatial, C)`, `label`
-        int32 `(*spatial)` or `(0,)`, `case_id` `tf.string`; its cardinality is
-        the number of cases in the files read.
-
-    Raises:
-        DataError: the manifest is missing or invalid, a shard file is missing,
-            or there are fewer shard files than input pipelines.
-    """
-    shard_dir = Path(shard_dir)
-    manifest = Manifest.read(shard_dir)
-    shards = manifest["shards"]
-    if not shards:
-        raise DataError(shard_dir / MANIFEST_NAME, "manifest lists no shards. Received: shards=[]")
-    missing = [s["path"] for s in shards if not (shard_dir / s["path"]).is_file()]
-    if missing:
-        raise DataError(shard_dir, f"shard file(s) listed in the manifest are missing. "
-                        f"Received: missing={missing[:3]}{' ...' if len(missing) > 3 else ''}")
-    chosen = [shards[i] for i in _shard_range(len(shards), input_context)]
-    if not chosen:
-        raise DataError(shard_dir, f"{len(shards)} shard file(s) cannot be split across "
-                        f"{input_context.num_input_pipelines} input pipelines; prepare with a "
-                        f"smaller --examples-per-shard. Received: {len(shards)} shards")
-    files = [str(shard_dir / s["path"]) for s in chosen]
-    dim, channels = int(manifest["dim"]), int(manifest["channels"])
-    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 4),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
-    dataset = dataset.map(
-        lambda record: parse_example(record, dim=dim, channels=channels),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
-    count = sum(int(s["count"]) for s in chosen)
-    return dataset.apply(tf.data.experimental.assert_cardinality(count))
-
-
-def volume_slices(volumes, *, slice_axis=0):
-    """Cut 3D volumes into 2D slices along `slice_axis` (the 2D-slice baseline).
-
-    Args:
-        volumes: dataset of 3D volume dicts (`image` `(D, H, W, C)`).
-        slice_axis: int 0, 1 or 2, the spatial axis to slice along. Default 0.
-
-    Returns:
-        dataset of 2D dicts: `image` `(H', W', C)`, `label` `(H', W')` or `(0,)`,
-        `case_id` `"<case>:<slice index>"`; the other two axes keep their order.
-    """
-    if slice_axis not in (0, 1, 2):
-        raise ConfigError("slice_axis", f"expected 0, 1 or 2. Received: slice_axis={slice_axis!r}")
-    perm = [slice_axis] + [a for a in range(3) if a != slice_axis]
-    channels = volumes.element_spec["image"].shape[-1]
-
-    def to_slices(volume):
-        image, label = volume["image"], volume["label"]
-        images = tf.transpose(image, [*perm, 3])
-        n = tf.shape(images)[0]
-        labels = tf.cond(
-            tf.size(label) > 0,
-            lambda: tf.transpose(tf.reshape(label, tf.shape(image)[:3]), perm),
-            lambda: tf.zeros([n, 0], tf.int32),
-        )
-        index = tf.strings.as_string(tf.range(n), width=3, fill="0")
-        ids = tf.strings.join([tf.fill([n], volume["case_id"]), index], separator=":")
-        images = tf.ensure_shape(images, [None, None, None, channels])
-        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "case_id": ids})
-
-    return volumes.flat_map(to_slices)
-
-
-def _slice_count(manifest, slice_axis, input_context):
-    """Number of slices in the shard files this pipeline reads, or None if the manifest can't say."""
-    shards = manifest["shards"]
-    names = {shards[i]["path"] for i in _shard_range(len(shards), input_context)}
-    cases = manifest.get("cases") or []
-    if len(cases) == 0 or any("final_shape" not in c or "shard" not in c for c in cases):
-        return None
-    return sum(int(c["final_shape"][slice_axis]) for c in cases if c["shard"] in names)
-
-
-def open_volumes(path_or_none, *, dim=3, phantoms=None, slice_axis=0, input_context=None):
-    """Open the volumes a run trains on.
-
-    Args:
-        path_or_none: `None` for synthetic phantoms, or a folder prepared by
-            `ssl3d prepare` (it has `manifest.json`).
-        dim: 3, or 2 for 2D examples (2D data, or slices of 3D data along
-            `slice_axis`: the paper's 2D-slice baseline). Default 3.
-        phantoms: dict for the phantoms: `n` (16), `size` (64), `channels`
-            (1), `seed` (0), `dim` (3: 3D phantoms, sliced when `dim=2`; 2:
-            native 2D phantoms).
-        slice_axis: int, axis of a 3D volume to slice along when `dim=2`.
-        input_context: optional `tf.distribute.InputContext` to split the data
-            across input pipelines.
-
-    Returns:
-        `tf.data.Dataset` of volume dicts (`image`, `label`, `case_id`).
-
-    Raises:
-        DataError: the path does not exist or is not a prepared folder (a raw
-            NIfTI folder must be prepared first).
-        ConfigError: unknown phantom key, or `dim=3` on 2D data.
-    """
-    if dim not in (2, 3):
-        raise ConfigError("dim", f"expected 2 or 3. Received: dim={dim!r}")
-    if path_or_none is None:
-        options = dict(PHANTOM_DEFAULTS)
-        for key, value in (phantoms or {}).items():
-            if key not in PHANTOM_DEFAULTS:
-                raise ConfigError(f"phantoms.{key}", f"unknown key; known keys: "
-                                  f"{', '.join(PHANTOM_DEFAULTS)}. Received: {key}={value!r}")
-            options[key] = value
-        source_dim = int(options.pop("dim"))
-        volumes = phantom_volumes(**options, dim=source_dim, input_context=input_context)
-        if source_dim == 3 and dim == 2:
-            count = len(_shard_range(int(options["n"]), input_context))
-            shape = _as_shape(options["size"], 3)
-            return volume_slices(volumes, slice_axis=slice_axis).apply(
-                tf.data.experimental.assert_cardinality(count * shape[slice_axis]))
-    else:
-        path = Path(path_or_none)
-        if not path.exists():
-            raise DataError(path, f"no such file or folder. Received: {path_or_none!r}")
-        if not (path.is_dir() and Manifest.exists(path)):
-            what = "a file" if path.is_file() else "a folder without manifest.json"
-            raise DataError(path, "not a prepared shard folder; run `ssl3d prepare "
-                            f"{path} --out DIR` first and pass DIR. Received: {what}")
-        volumes = shard_volumes(path, input_context=input_context)
-        manifest = Manifest.read(path)
-        source_dim = int(manifest["dim"])
-        if source_dim == 3 and dim == 2:
-            slices = volume_slices(volumes, slice_axis=slice_axis)
-            count = _slice_count(manifest, slice_axis, input_context)
-            if count is None:
-                return slices
-            return slices.apply(tf.data.experimental.assert_cardinality(count))
-    if source_dim != dim:
-        raise ConfigError("dim", f"the data are {source_dim}D and cannot be read as {dim}D. "
-                          f"Received: dim={dim}")
-    return volumes
 
 
 def _seeded_shuffle(dataset, buffer_size, seed):
@@ -309,9 +115,7 @@ def random_crop_pair(image, label, size, seed):
     pad = tf.maximum(crop - spatial, 0)
     paddings = tf.stack([pad // 2, pad - pad // 2], axis=1)
     spatial = spatial + pad
-    uniform = tf.random.stateless_uniform([dim], seed)
-    offset = tf.cast(tf.floor(uniform * tf.cast(spatial - crop + 1, tf.float32)), tf.int32)
-    offset = tf.minimum(offset, spatial - crop)
+    offset = random_crop_start(spatial, crop, seed)
 
     image = tf.pad(image, tf.concat([paddings, [[0, 0]]], 0))
     image = tf.slice(image, tf.concat([offset, [0]], 0), tf.concat([crop, [-1]], 0))
@@ -324,11 +128,6 @@ def random_crop_pair(image, label, size, seed):
     if label.shape.rank == 1 and label.shape[0] == 0:
         return image, label
     return image, tf.cond(tf.size(label) > 0, crop_label, lambda: tf.zeros([0], label.dtype))
-
-
-def _check_positive(name, value):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(name, f"expected an int >= 1. Received: {name}={value!r}")
 
 
 def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, crops_per_volume=1,
@@ -367,13 +166,15 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
 
     Example:
 
+    >>> import functools
+    >>> import ssl3d_keras
     >>> task = ssl3d_keras.tasks.get("rotation", input_shape=(32, 32, 32, 1))
     >>> volumes = open_volumes(None, phantoms=dict(n=8, size=48))
     >>> batches = make_pipeline(volumes, functools.partial(task.transform, training=True),
     ...                         batch_size=4, crop_size=32)
     """
-    _check_positive("batch_size", batch_size)
-    _check_positive("crops_per_volume", crops_per_volume)
+    check_int("batch_size", batch_size)
+    check_int("crops_per_volume", crops_per_volume)
     if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
         raise ConfigError("start_batch", f"expected an int >= 0. Received: start_batch={start_batch!r}")
     rank = volumes.element_spec["image"].shape.rank

@@ -9,9 +9,7 @@ nothing half-made. An existing manifest is never replaced unless asked.
 Example:
 
 >>> from ssl3d_keras.data.prepare import prepare_dataset
->>> from ssl3d_keras.data.manifest import Manifest
-from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
-from ssl3d_keras.data.preprocess import PreprocessConfig
+>>> from ssl3d_keras.data.preprocess import PreprocessConfig
 >>> manifest = prepare_dataset(                                   # doctest: +SKIP
 ...     "Task07_Pancreas", "prepared/pancreas",
 ...     preprocess=PreprocessConfig(spacing=(1.0, 1.0, 1.0), normalize="ct",
@@ -26,12 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from ssl3d_keras import __version__
+from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.data.layouts import discover
 from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.preprocess import PreprocessConfig
 from ssl3d_keras.data.preprocess import preprocess as preprocess_case
-from ssl3d_keras.data.sources import discover
 from ssl3d_keras.errors import ConfigError, DataError
+
+__all__ = ["prepare_dataset", "summary_line"]
 
 SHARD_PREFIX = "shard"
 
@@ -41,7 +42,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
     """Preprocess every case of a dataset into TFRecord shards and write the manifest.
 
     Args:
-        src: dataset path (see `ssl3d_keras.data.sources.discover`).
+        src: dataset path (see `ssl3d_keras.data.layouts.discover`).
         out_dir: output folder (created). Holds `shard-00000.tfrecord`, ... and
             `manifest.json`.
         preprocess: a `PreprocessConfig` (or a dict of its fields). Default
@@ -166,7 +167,7 @@ def _sha256(path, cache, shard_io):
     if path not in cache:
         if len(cache) > 256:
             cache.clear()
-        cache[path] = shard_io.file_sha256(path)
+        cache[path] = sha256_file(path)
     return cache[path]
 
 

@@ -17,19 +17,11 @@ import urllib.request
 from pathlib import Path
 
 from ssl3d_keras.atomic import atomic_path
+from ssl3d_keras.checksum import sha256_file  # noqa: F401  (re-exported: archive.sha256_file)
 from ssl3d_keras.errors import ExportError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _CHUNK = 1 << 20
-
-
-def sha256_file(path):
-    """Hex sha256 of the file at `path`."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_dir():

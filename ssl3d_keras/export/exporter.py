@@ -15,6 +15,8 @@ from ssl3d_keras.export.archive import write_tar_gz
 from ssl3d_keras.export.preset import save_preset
 from ssl3d_keras.export.savedmodel import save_savedmodel
 
+__all__ = ["FORMATS", "data_facts", "export_encoder", "export_run", "resolve_formats"]
+
 FORMATS = ("preset", "savedmodel", "hub")
 PRESET_DIR, SAVEDMODEL_DIR, HUB_ARCHIVE = "preset", "savedmodel", "hub.tar.gz"
 

@@ -10,12 +10,14 @@ which hands the folder it finds to this function.
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from ssl3d_keras.atomic import atomic_dir
+from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
-from ssl3d_keras.export.archive import cache_dir, download, safe_extract, sha256_file
+from ssl3d_keras.export.archive import cache_dir, download, safe_extract
+
+__all__ = ["extract_cached", "load_encoder", "resolve_handle", "savedmodel_as_model"]
 
 logger = logging.getLogger("ssl3d_keras")
 
@@ -34,13 +36,8 @@ def extract_cached(archive, *, cache=None):
     target = Path(cache or cache_dir()) / "extracted" / digest
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
-    try:
-        safe_extract(archive, tmp / "x")
-        os.replace(tmp / "x", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp:
+        safe_extract(archive, tmp)
     return target
 
 

@@ -80,8 +80,7 @@ def input_description(encoder, data=None):
     """The `input` section: what to feed the encoder.
 
     Args:
-        encoder: the encoder (`min_input_size`, and `divisible_by` or `depth`,
-            read when present).
+        encoder: the encoder (`min_input_size` and `divisible_by`, read when present).
         data: dict with any of `modality`, `channel_names`, `spacing`,
             `normalization`, `source` (from the recipe or the prepared manifest).
     """
@@ -89,12 +88,9 @@ def input_description(encoder, data=None):
     shape = list(encoder.inputs[0].shape[1:])
     dim = len(shape) - 1
     channels = int(shape[-1])
-    depth = getattr(encoder, "depth", None)
     min_size = int(getattr(encoder, "min_input_size", 1))
-    # An encoder states its alignment (DenseNetEncoder: 32); a U-Net's skips align at 2**depth.
-    divisible_by = getattr(encoder, "divisible_by", None)
-    if divisible_by is None:
-        divisible_by = 2**depth if depth is not None else min_size
+    # Every PyramidEncoder states its alignment; another model is taken at its minimum size.
+    divisible_by = getattr(encoder, "divisible_by", min_size)
     return {
         "dtype": "float32",
         "shape": [None, *shape],

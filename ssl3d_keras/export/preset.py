@@ -15,17 +15,16 @@ names with `skip_mismatch=True` and silently dropped the first convolution.
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import h5py
 import keras
 
+from ssl3d_keras.atomic import atomic_dir
+from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
 from ssl3d_keras.export import metadata as metadata_lib
-from ssl3d_keras.export.archive import sha256_file
-from ssl3d_keras.export.savedmodel import replace_dir
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -43,21 +42,13 @@ def save_preset(encoder, out_dir, **metadata_kwargs):
     Returns:
         The metadata dict written to `metadata.json`.
     """
-    out_dir = Path(out_dir).absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".preset-", dir=out_dir.parent))
-    try:
-        target = tmp / "preset"
-        target.mkdir()
+    with atomic_dir(out_dir) as target:
         config = keras.saving.serialize_keras_object(encoder)
         (target / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         encoder.save_weights(str(target / WEIGHTS_FILE))
         files = {name: sha256_file(target / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
         meta = metadata_lib.build_metadata(encoder, files=files, **metadata_kwargs)
         (target / METADATA_FILE).write_text(metadata_lib.dumps(meta))
-        replace_dir(str(target), str(out_dir))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 

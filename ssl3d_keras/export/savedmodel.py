@@ -23,12 +23,11 @@ built on `keras.Input((None, None, None, C))`).
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
+from ssl3d_keras.atomic import atomic_dir, replace_dir  # noqa: F401  (replace_dir: re-exported)
 from ssl3d_keras.errors import ExportError
 
 METADATA_NAME = "ssl3d_metadata.json"
@@ -56,21 +55,19 @@ def input_spec_of(encoder):
 def skips_model_of(encoder):
     """A model from the encoder's input to its named multi-scale outputs (shared weights).
 
-    Uses `encoder.skips_model()` (`UNetEncoder`), or `encoder.pyramid_outputs`,
-    and adds the `features` output. Returns `None` when the encoder has neither.
+    Uses `encoder.skips_model()` (every `PyramidEncoder` has it) and makes sure
+    the `features` output is there. Returns `None` for a model without one.
     """
-    if hasattr(encoder, "skips_model"):
-        model = encoder.skips_model()
-        outputs = dict(model.output) if isinstance(model.output, dict) else None
-        if outputs is None:
-            raise ExportError(f"encoder.skips_model() must return a model with a dict output. "
-                              f"Received: {type(model.output).__name__}")
-    elif getattr(encoder, "pyramid_outputs", None):
-        outputs = dict(encoder.pyramid_outputs)
-    else:
+    if not hasattr(encoder, "skips_model"):
         return None
-    if "features" not in outputs:
-        outputs["features"] = encoder.output
+    model = encoder.skips_model()
+    if not isinstance(model.output, dict):
+        raise ExportError(f"encoder.skips_model() must return a model with a dict output. "
+                          f"Received: {type(model.output).__name__}")
+    outputs = dict(model.output)
+    if "features" in outputs:
+        return model
+    outputs["features"] = encoder.output
     return keras.Model(encoder.input, outputs, name=f"{encoder.name}_skips")
 
 
@@ -164,37 +161,15 @@ def save_savedmodel(encoder, path, *, metadata=None):
     >>> save_savedmodel(encoder, "export/savedmodel")  # doctest: +SKIP
     """
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
     root, signatures = reusable_module(encoder)
-    tmp = tempfile.mkdtemp(prefix=".savedmodel-", dir=parent)
-    try:
-        target = os.path.join(tmp, "savedmodel")
-        tf.saved_model.save(root, target, signatures=signatures)
+    with atomic_dir(path) as target:
+        tf.saved_model.save(root, str(target), signatures=signatures)
         if metadata is not None:
-            extra = os.path.join(target, "assets.extra")
-            os.makedirs(extra, exist_ok=True)
-            with open(os.path.join(extra, METADATA_NAME), "w") as f:
+            extra = target / "assets.extra"
+            extra.mkdir(exist_ok=True)
+            with open(extra / METADATA_NAME, "w") as f:
                 json.dump(metadata, f, indent=2, sort_keys=True)
-        replace_dir(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def replace_dir(src, dst):
-    """Move folder `src` to `dst`, replacing an existing `dst` (same filesystem).
-
-    `os.replace` cannot replace a non-empty folder, so an existing `dst` is
-    first renamed aside and removed after the new one is in place.
-    """
-    old = None
-    if os.path.exists(dst):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(dst))
-        os.replace(dst, os.path.join(old, "x"))
-    os.replace(src, dst)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_saved_metadata(path):

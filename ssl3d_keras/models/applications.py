@@ -8,15 +8,17 @@ with `pyramid_outputs`, `skips_model()`, `min_input_size`, `divisible_by`,
 format treat both encoders alike, and the attributes survive serialisation.
 """
 
-import contextlib
+import inspect
 import os
 
 import keras
 
+from ssl3d_keras.config import check_int, reject_unknown_kwargs
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models.dtype import dtype_policy
 from ssl3d_keras.models.pyramid import PyramidEncoder
 
-# Keyword arguments keras itself passes to a model constructor.
+# Keyword arguments passed on to Keras (the name is an argument of its own).
 _KERAS_KWARGS = ("trainable", "dtype")
 
 # Five stride-2 stages: conv1, pool1, and the transitions pool2..pool4.
@@ -33,18 +35,6 @@ _PYRAMID_LAYERS = {
 }
 
 
-@contextlib.contextmanager
-def _dtype_policy(dtype):
-    # keras.applications builders take no dtype: apply it as the global policy meanwhile.
-    if dtype is None:
-        yield
-        return
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 @keras.saving.register_keras_serializable(package="ssl3d")
@@ -117,28 +107,16 @@ class DenseNetEncoder(PyramidEncoder):
         name="densenet121_encoder",
         **kwargs,
     ):
-        unknown = sorted(set(kwargs) - set(_KERAS_KWARGS))
-        if unknown:
-            raise ConfigError(
-                f"DenseNetEncoder.{unknown[0]}",
-                f"unknown argument(s) {unknown}. Received: {kwargs}",
-            )
-        if (
-            isinstance(input_channels, bool)
-            or not isinstance(input_channels, int)
-            or input_channels < 1
-        ):
-            raise ConfigError(
-                "input_channels",
-                f"expected an int >= 1. Received: input_channels={input_channels!r}",
-            )
+        reject_unknown_kwargs("DenseNetEncoder", kwargs, _KERAS_KWARGS,
+                              known=inspect.signature(DenseNetEncoder.__init__).parameters)
+        check_int("input_channels", input_channels)
         _check_weights(weights, input_channels)
         spatial = _spatial_size(input_size)
         dtype = kwargs.pop("dtype", None)
 
         inputs = keras.Input(shape=(*spatial, input_channels), name="image")
         try:
-            with _dtype_policy(dtype):
+            with dtype_policy(dtype):
                 backbone = keras.applications.DenseNet121(
                     include_top=False, weights=weights, input_tensor=inputs, pooling=None
                 )

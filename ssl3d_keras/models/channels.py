@@ -9,6 +9,7 @@ convolution kernel is remapped, by a rule you choose and a report states.
 import keras
 import numpy as np
 
+from ssl3d_keras.config import check_choice, check_int
 from ssl3d_keras.errors import ConfigError
 
 MODES = ("mean", "repeat", "zero")
@@ -101,16 +102,8 @@ def adapt_input_channels(encoder, input_channels, *, mode="mean"):
     brats_encoder, report = adapt_input_channels(ukbb_encoder, 4, mode="mean")
     ```
     """
-    if mode not in MODES:
-        raise ConfigError("mode", f"expected one of {MODES}. Received: mode={mode!r}")
-    if (
-        isinstance(input_channels, bool)
-        or not isinstance(input_channels, int)
-        or input_channels < 1
-    ):
-        raise ConfigError(
-            "input_channels", f"expected an int >= 1. Received: input_channels={input_channels!r}"
-        )
+    check_choice("mode", mode, MODES)
+    check_int("input_channels", input_channels)
     new = _rebuild(encoder, input_channels)
     old_kernel = _first_conv(encoder).kernel
     new_kernel = _first_conv(new).kernel

@@ -18,6 +18,9 @@ import inspect
 from ssl3d_keras.config import closest
 from ssl3d_keras.errors import ConfigError
 
+__all__ = ["architecture_arguments", "build_encoder", "get_encoder", "list_architectures",
+           "list_encoders"]
+
 DEFAULT_ARCHITECTURE = "unet"
 
 # Arguments the run sets from its data, never from the encoder table.
@@ -32,9 +35,13 @@ def _architectures():
     return {"unet": (UNetEncoder, (2, 3)), "densenet121": (DenseNetEncoder, (2,))}
 
 
-def list_architectures():
-    """Sorted names accepted by the `architecture` key."""
+def list_encoders():
+    """Sorted names of the encoder architectures (the `encoder.architecture` key)."""
     return sorted(_architectures())
+
+
+# The name this had before the registries shared one verb pair.
+list_architectures = list_encoders
 
 
 def architecture_arguments(architecture):
@@ -60,7 +67,7 @@ def _lookup(architecture):
     return architectures[architecture]
 
 
-def build_encoder(spec, *, input_channels, dim):
+def get_encoder(spec, *, input_channels, dim):
     """The encoder described by `spec`, for `input_channels` channels and `dim` spatial axes.
 
     Args:
@@ -107,8 +114,8 @@ def build_encoder(spec, *, input_channels, dim):
         key = unknown[0]
         hint = ""
         if architecture != DEFAULT_ARCHITECTURE:
-            hint = (f"; to replace a whole U-Net table on the command line use "
-                    f"--set 'encoder={{architecture=\"{architecture}\"}}'")
+            hint = ("; to replace the whole U-Net table, override the table itself: "
+                    f"encoder={{architecture=\"{architecture}\"}}")
         raise ConfigError(
             f"encoder.{key}",
             f"unknown key for architecture {architecture!r}{closest(key, allowed)}; "
@@ -117,3 +124,7 @@ def build_encoder(spec, *, input_channels, dim):
     if "dim" in inspect.signature(cls.__init__).parameters:
         arguments["dim"] = dim
     return cls(input_channels=input_channels, **arguments)
+
+
+# The name this had before the registries shared one verb pair.
+build_encoder = get_encoder

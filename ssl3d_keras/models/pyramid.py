@@ -9,21 +9,34 @@ import keras
 
 from ssl3d_keras.errors import ConfigError
 
+__all__ = ["PyramidEncoder"]
+
 
 class PyramidEncoder(keras.Model):
     """Base of the encoders (keras-hub's "backbone" role): no head, no loss.
 
     A subclass builds its graph, calls `super().__init__(inputs=..., outputs=...,
-    name=...)`, then sets `dim`, `input_channels`, `min_input_size` and
-    `pyramid_outputs` (a dict of symbolic tensors, finest scale first), and
-    implements `get_config` and `_minimum_size_text`.
+    name=...)`, then sets `dim`, `input_channels`, `min_input_size`,
+    `divisible_by` and `pyramid_outputs` (a dict of symbolic tensors, finest
+    scale first), and implements `get_config` and `_minimum_size_text`.
+
+    Attributes:
+        min_input_size: int, the smallest spatial size the encoder accepts.
+        divisible_by: int, spatial sizes divisible by it keep every pyramid
+            output aligned for a decoder (U-Net: `2**depth`; DenseNet: 32).
+        pyramid_outputs: dict of symbolic tensors, finest scale first.
 
     Inputs that cannot work (wrong rank, wrong channel count, smaller than
     `min_input_size`) raise a one-line `ConfigError` before Keras wraps the call.
     """
 
+    divisible_by = 1
+
     def skips_model(self):
         """A `keras.Model` from the same input to the pyramid outputs and the features.
+
+        The one skips model of the project: the SavedModel's `skips` callable,
+        the metadata and the decoders all use it.
 
         The model shares this encoder's layers (and weights).
 

@@ -5,16 +5,18 @@ unless `input_size` is given, so one set of weights runs on patches and on
 whole volumes.
 """
 
+import inspect
 import math
 
 import keras
 
+from ssl3d_keras.config import check_int, reject_unknown_kwargs
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.models.pyramid import PyramidEncoder
 
 NORMS = ("batch", "group", "instance", "none")
 
-# Keyword arguments keras itself passes to a model constructor.
+# Keyword arguments passed on to Keras (the name is an argument of its own).
 _KERAS_KWARGS = ("trainable", "dtype")
 
 
@@ -74,6 +76,7 @@ class UNetEncoder(PyramidEncoder):
         pyramid_outputs: dict of symbolic tensors, `"skip_1".."skip_{depth}"`
             (the last block of each level, before pooling) and `"bottleneck"`.
         min_input_size: int, `2**(depth + final_pool)`.
+        divisible_by: int, `2**depth`.
         dim, input_channels: as given.
 
     Raises:
@@ -103,18 +106,15 @@ class UNetEncoder(PyramidEncoder):
         name="unet_encoder",
         **kwargs,
     ):
-        unknown = sorted(set(kwargs) - set(_KERAS_KWARGS))
-        if unknown:
-            raise ConfigError(
-                f"UNetEncoder.{unknown[0]}", f"unknown argument(s) {unknown}. Received: {kwargs}"
-            )
-        _check_int("input_channels", input_channels, 1)
+        reject_unknown_kwargs("UNetEncoder", kwargs, _KERAS_KWARGS,
+                              known=inspect.signature(UNetEncoder.__init__).parameters)
+        check_int("input_channels", input_channels, 1)
         if dim not in (2, 3):
             raise ConfigError("dim", f"expected 2 or 3. Received: dim={dim!r}")
-        _check_int("depth", depth, 1)
-        _check_int("base_filters", base_filters, 1)
+        check_int("depth", depth, 1)
+        check_int("base_filters", base_filters, 1)
         if bottleneck_filters is not None:
-            _check_int("bottleneck_filters", bottleneck_filters, 1)
+            check_int("bottleneck_filters", bottleneck_filters, 1)
         if norm not in NORMS:
             raise ConfigError("norm", f"expected one of {NORMS}. Received: norm={norm!r}")
         if not 0.0 <= float(dropout) < 1.0:
@@ -173,6 +173,8 @@ class UNetEncoder(PyramidEncoder):
         self.final_pool = bool(final_pool)
         self.input_size = input_size
         self.min_input_size = min_size
+        # The skips of level k have stride 2**(k-1): sizes divisible by 2**depth align them all.
+        self.divisible_by = 2**depth
         self.pyramid_outputs = pyramid
 
     def _minimum_size_text(self):
@@ -192,11 +194,6 @@ class UNetEncoder(PyramidEncoder):
             "final_pool": self.final_pool,
             **self._base_config(),
         }
-
-
-def _check_int(key, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, f"expected an int >= {minimum}. Received: {key}={value!r}")
 
 
 def _spatial_size(input_size, dim):

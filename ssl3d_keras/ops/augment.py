@@ -1,7 +1,7 @@
 """Random augmentations of one volume, N-d, graph-safe, with stateless seeds.
 
-These are the 3D exemplar-network augmentations of the paper (METHODS.md,
-3D-Exe). Every random op takes `(volume, seed)` with `volume` of shape
+These are the 3D exemplar-network augmentations of the paper (Taleb et al.
+2020, 3D-Exe; README, "The five tasks as built"). Every random op takes `(volume, seed)` with `volume` of shape
 `(*spatial, C)` (2 or 3 spatial axes) and `seed` an int32 tensor `[2]`; the
 same seed gives the same output, in eager mode, in a `tf.function` and in a
 `tf.data` map. Each op splits its seed, so composing them stays reproducible.

@@ -118,6 +118,26 @@ def _crop_limits(volume, size, op):
     return size, limits
 
 
+def random_crop_start(spatial, size, seed):
+    """Uniformly random start of a crop of `size` inside `spatial` (the one crop draw).
+
+    `random_crop` and the pipeline's image/label crop both draw their window
+    here, so a crop of the same seed lands in the same place everywhere.
+
+    Args:
+        spatial: int32 tensor `[dim]`, the spatial shape (may be dynamic).
+        size: int32 tensor or tuple `[dim]`, the crop size (<= `spatial`).
+        seed: int32 tensor of shape `[2]`.
+
+    Returns:
+        int32 tensor `[dim]` of start indices in `[0, spatial - size]`.
+    """
+    limits = tf.convert_to_tensor(spatial, tf.int32) - tf.convert_to_tensor(size, tf.int32)
+    # One uniform per axis, scaled to [0, limit]: valid for any limit, also dynamic ones.
+    u = tf.random.stateless_uniform(tf.shape(limits), seed, dtype=tf.float32)
+    return tf.minimum(tf.cast(u * tf.cast(limits + 1, tf.float32), tf.int32), limits)
+
+
 def random_crop(volume, size, seed):
     """A crop of `size` at a uniformly random position.
 
@@ -130,10 +150,8 @@ def random_crop(volume, size, seed):
         Tensor `(*size, C)`.
     """
     volume = tf.convert_to_tensor(volume)
-    size, limits = _crop_limits(volume, size, "random_crop")
-    # One uniform per axis, scaled to [0, limit]: valid for any limit, also dynamic ones.
-    u = tf.random.stateless_uniform([len(size)], seed, dtype=tf.float32)
-    starts = tf.minimum(tf.cast(u * tf.cast(limits + 1, tf.float32), tf.int32), limits)
+    size, _ = _crop_limits(volume, size, "random_crop")
+    starts = random_crop_start(tf.shape(volume)[:-1], size, seed)
     return _crop(volume, starts, size)
 
 

@@ -13,13 +13,13 @@ Everything else (the custom training loop, `model.fit`, checkpoints, export)
 only uses this interface, so adding a sixth task is one file.
 """
 
+import inspect
+
 import keras
 import tensorflow as tf
 
+from ssl3d_keras.config import reject_unknown_kwargs
 from ssl3d_keras.errors import ConfigError
-
-# Keyword arguments keras itself passes to a model constructor.
-_KERAS_KWARGS = ("name", "trainable", "dtype")
 
 
 class ProxyTask(keras.Model):
@@ -44,12 +44,8 @@ class ProxyTask(keras.Model):
     task_name = None
 
     def __init__(self, input_shape, encoder=None, **kwargs):
-        unknown = sorted(set(kwargs) - set(_KERAS_KWARGS))
-        if unknown:
-            raise ConfigError(
-                f"{type(self).__name__}.{unknown[0]}",
-                f"unknown argument(s) {unknown} for task '{self.task_name}'",
-            )
+        reject_unknown_kwargs(type(self).__name__, kwargs,
+                              known=inspect.signature(type(self).__init__).parameters)
         super().__init__(**kwargs)
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) not in (3, 4):
@@ -123,16 +119,35 @@ class ProxyTask(keras.Model):
             loss = loss + tf.add_n([tf.cast(x, tf.float32) for x in self.losses])
         return loss, {"loss": loss, "accuracy": tf.cast(accuracy, tf.float32)}
 
+    def optimization_step(self, inputs, target, optimizer, replicas=1):
+        """One gradient step on this replica's share of the global batch.
+
+        The one train step of the project: `train_step` (for `fit`) and the
+        custom loop (`ssl3d_keras.training.make_train_step`) both call it.
+
+        Args:
+            inputs, target: this replica's examples.
+            optimizer: a built Keras optimiser (its `scale_loss` handles
+                mixed_float16 loss scaling).
+            replicas: replicas in sync; each holds 1/replicas of the global
+                batch, and the optimiser sums their gradients, giving those of
+                the global-batch mean.
+
+        Returns:
+            dict of float32 scalars `loss`, `accuracy` (local batch means).
+        """
+        with tf.GradientTape() as tape:
+            loss, metrics = self.compute_loss_and_metrics(inputs, target, training=True)
+            scaled = optimizer.scale_loss(loss / replicas)
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return metrics
+
     def train_step(self, data):
         inputs, target = self._unpack(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            loss, metrics = self.compute_loss_and_metrics(inputs, target, training=True)
-            # Mean over the global batch: each replica contributes 1/replicas.
-            scaled = self.optimizer.scale_loss(loss / replicas)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        metrics = self.optimization_step(inputs, target, self.optimizer, replicas)
         return self._update_trackers(metrics)
 
     def test_step(self, data):

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssl3d_keras import losses
+from ssl3d_keras.config import check_choice, check_int
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.ops import augment as augment_ops
 from ssl3d_keras.ops import patches as patch_ops
@@ -188,13 +189,11 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         **kwargs,
     ):
         super().__init__(input_shape, encoder, **kwargs)
-        if loss not in LOSSES:
-            raise ConfigError("loss", f"expected one of {LOSSES}. Received: loss={loss!r}")
-        for key, value in (("code_size", code_size), ("context_units", context_units)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(key, f"expected an int >= 1. Received: {key}={value!r}")
-        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 2):
-            raise ConfigError("grid", f"expected an int >= 2 or None. Received: grid={grid!r}")
+        check_choice("loss", loss, LOSSES)
+        check_int("code_size", code_size)
+        check_int("context_units", context_units)
+        if grid is not None:
+            check_int("grid", grid, 2)
         if not float(temperature) > 0:
             raise ConfigError("temperature", f"expected a float > 0. Received: {temperature!r}")
         self.grid = grid

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from ssl3d_keras import losses
+from ssl3d_keras.config import check_int
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.models import ProjectionHead
 from ssl3d_keras.ops import augment as augment_ops
@@ -104,14 +105,7 @@ class ExemplarTask(ProxyTask):
         **kwargs,
     ):
         super().__init__(input_shape, encoder, **kwargs)
-        if (
-            isinstance(embedding_size, bool)
-            or not isinstance(embedding_size, int)
-            or embedding_size < 1
-        ):
-            raise ConfigError(
-                "embedding_size", f"expected an int >= 1. Received: {embedding_size!r}"
-            )
+        check_int("embedding_size", embedding_size)
         _choice("pooling", pooling, POOLINGS)
         _choice("negatives", negatives, NEGATIVES)
         _choice("head", head, HEADS)

@@ -7,8 +7,8 @@ in evaluation. The patches are shuffled by one of P fixed permutations (chosen
 with the maximal-Hamming-distance algorithm, deterministic from
 `permutation_seed`, stored with the model), and the network predicts which.
 
-This module also holds the pieces every grid-of-patches task shares:
-`patch_shape_for` and `encode_patches`.
+The pieces every grid-of-patches task shares (`patch_shape_for`,
+`encode_patches`) live in `ssl3d_keras.tasks.patches`.
 """
 
 import math
@@ -81,7 +81,8 @@ class JigsawTask(ClassificationTask):
     >>> from ssl3d_keras import tasks
     >>> task = tasks.get("jigsaw", input_shape=(128, 128, 128, 1))
     >>> patches, label = task.transform(tf.random.normal((128, 128, 128, 1)), tf.constant([0, 1]))
-    >>> patches.shape  # (27, 39, 39, 39, 1)
+    >>> patches.shape
+    TensorShape([27, 39, 39, 39, 1])
     """
 
     def __init__(

@@ -9,6 +9,8 @@ import importlib
 from ssl3d_keras.config import closest
 from ssl3d_keras.errors import ConfigError
 
+__all__ = ["get", "get_class", "get_task", "list_tasks", "register_task"]
+
 # Where each built-in task is defined; imported on first use.
 BUILTIN_TASKS = {
     "cpc": "ssl3d_keras.tasks.cpc",
@@ -60,3 +62,7 @@ def get(name, **config):
         A `ProxyTask` (a `keras.Model`) with its encoder.
     """
     return get_class(name)(**config)
+
+
+# The registries' shared verb pair: get_task / list_tasks (`get` is the original name).
+get_task = get

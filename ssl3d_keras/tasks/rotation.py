@@ -51,8 +51,10 @@ class RotationTask(ClassificationTask):
     >>> from ssl3d_keras import tasks
     >>> task = tasks.get("rotation", input_shape=(32, 32, 32, 1))
     >>> rotated, label = task.transform(tf.random.normal((32, 32, 32, 1)), tf.constant([0, 1]))
-    >>> task.class_name(label)  # e.g. 'rot90_axis0'
-    >>> logits = task(rotated[tf.newaxis])  # (1, 10)
+    >>> task.class_name(label)
+    'rot90(0,1)k3'
+    >>> task(rotated[tf.newaxis]).shape
+    TensorShape([1, 10])
     """
 
     def __init__(

@@ -49,8 +49,10 @@ class RelativePatchLocationTask(ClassificationTask):
     >>> from ssl3d_keras import tasks
     >>> task = tasks.get("rpl", input_shape=(128, 128, 128, 1))
     >>> pair, label = task.transform(tf.random.normal((128, 128, 128, 1)), tf.constant([0, 1]))
-    >>> pair.shape  # (2, 39, 39, 39, 1)
-    >>> task.cell_offset(label)  # e.g. (-1, 0, 1): query cell minus centre cell, per axis
+    >>> pair.shape
+    TensorShape([2, 39, 39, 39, 1])
+    >>> task.cell_offset(label)  # query cell minus centre cell, per axis
+    (1, 1, -1)
     """
 
     def __init__(

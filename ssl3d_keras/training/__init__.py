@@ -3,8 +3,8 @@
 Example:
 
 >>> from ssl3d_keras.training import PretrainConfig, pretrain, load_run
->>> summary = pretrain(PretrainConfig(task="rotation", steps=50), "runs/rot")
->>> task, config = load_run("runs/rot")
+>>> summary = pretrain(PretrainConfig(task="rotation", steps=50), "runs/rot")  # doctest: +SKIP
+>>> task, config = load_run("runs/rot")                                        # doctest: +SKIP
 """
 
 from ssl3d_keras.training.config import (

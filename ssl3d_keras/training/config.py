@@ -1,8 +1,8 @@
 """The configuration of a pretraining run: `PretrainConfig` and its parts.
 
 Read it with `ssl3d_keras.config.from_dict` (an unknown key is a
-`ConfigError` that names it). The defaults are the paper's where METHODS.md
-gives them: the U-Net encoder (16/32/64/128, 256 bottleneck, BatchNorm,
+`ConfigError` that names it). The defaults are the paper's where it
+gives them (README, "The five tasks as built"): the U-Net encoder (16/32/64/128, 256 bottleneck, BatchNorm,
 dropout 0.5), the tasks' own paper arguments, Adam with a constant learning
 rate of 1e-4. The run length and data size are not the paper's (1000 epochs at
 128^3 belong to the zoo recipes): whole 64^3 phantoms, batch 4, 300 steps.

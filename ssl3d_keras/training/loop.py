@@ -1,10 +1,8 @@
 """The custom pretraining loop (not `model.fit`): strategy, checkpoints, resume.
 
-One step: every replica runs `task.compute_loss_and_metrics` on its share of
-the global batch, divides its loss by the number of replicas (so the summed
-gradients are those of the global-batch mean), scales it for mixed_float16,
-and the optimiser sums the gradients across replicas and applies them. Loss
-and accuracy are averaged across replicas.
+One step: every replica runs `ProxyTask.optimization_step` (the project's one
+train step, also behind `fit`) on its share of the global batch; loss and
+accuracy are averaged across replicas.
 """
 
 import logging
@@ -77,15 +75,7 @@ def make_train_step(task, optimizer, strategy, *, jit_compile=False):
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(inputs, target):
-        with tf.GradientTape() as tape:
-            loss, metrics = task.compute_loss_and_metrics(inputs, target, training=True)
-            # Each replica holds 1/replicas of the global batch; the optimiser
-            # sums the replicas' gradients, giving those of the global mean.
-            scaled = optimizer.scale_loss(loss / replicas)
-        variables = task.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return metrics
+        return task.optimization_step(inputs, target, optimizer, replicas)
 
     replica_step = tf.function(replica_step, jit_compile=jit_compile)
 
@@ -196,7 +186,8 @@ def _warn_about_padding(config):
 def _distributed_dataset(config, task, strategy, start_step):
     from functools import partial
 
-    from ssl3d_keras.data.pipeline import make_pipeline, open_volumes
+    from ssl3d_keras.data.pipeline import make_pipeline
+    from ssl3d_keras.data.volumes import open_volumes
 
     data = config.data
     phantoms = {"n": data.phantoms.n, "size": data.phantoms.size,
@@ -249,7 +240,7 @@ def pretrain(config, out_dir, *, resume=False, verbose=True, probe=None):
     Example:
 
     >>> from ssl3d_keras.training import pretrain
-    >>> summary = pretrain({"task": "rotation", "steps": 20}, "runs/rot")
+    >>> summary = pretrain({"task": "rotation", "steps": 20}, "runs/rot")  # doctest: +SKIP
     """
     out_dir = Path(out_dir).resolve()
     config = _prepare_run_dir(config, out_dir, resume, verbose)

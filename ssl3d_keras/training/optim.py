@@ -1,11 +1,11 @@
 """Optimiser, learning-rate schedule and mixed-precision set-up."""
 
-import contextlib
 
 import keras
 import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models.dtype import dtype_policy  # noqa: F401  (re-exported)
 
 
 def make_schedule(config, total_steps):
@@ -75,15 +75,3 @@ def current_learning_rate(optimizer):
     return float(tf.convert_to_tensor(rate))
 
 
-@contextlib.contextmanager
-def dtype_policy(name):
-    """Set the global Keras dtype policy inside the block, restore it after.
-
-    Models must be built inside the block to pick the policy up.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)

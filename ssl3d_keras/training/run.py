@@ -187,8 +187,8 @@ def load_run(run_dir, checkpoint=None):
 
     Example:
 
-    >>> task, config = load_run("runs/rot")
-    >>> encoder = task.encoder
+    >>> task, config = load_run("runs/rot")  # doctest: +SKIP
+    >>> encoder = task.encoder               # doctest: +SKIP
     """
     import tensorflow as tf
 

@@ -71,7 +71,7 @@ def strategy_name(strategy):
 def resolve_jit_compile(value="auto"):
     """`True`/`False` for the config value; "auto" is on for GPU only.
 
-    XLA made 3D convolutions 7-14x slower on the CPUs we measured (DESIGN.md).
+    XLA made 3D convolutions 7-14x slower on the CPUs we measured (README, "Speed on this machine").
     """
     if value == "auto":
         return gpu_count() > 0

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssl3d_keras.data.phantoms import make_phantom, write_phantom_dataset
-from ssl3d_keras.data.pipeline import (
-    make_pipeline,
-    open_volumes,
-    phantom_volumes,
-    shard_volumes,
-    volume_slices,
-)
+from ssl3d_keras.data.phantoms import make_phantom
+from ssl3d_keras.data.pipeline import make_pipeline
 from ssl3d_keras.data.shards import MANIFEST_FORMAT, ShardWriter, write_manifest
-from ssl3d_keras.errors import ConfigError, DataError
+from ssl3d_keras.data.volumes import phantom_volumes, shard_volumes
+from ssl3d_keras.errors import ConfigError
 
 
 def noisy_transform(image, seed):
@@ -49,15 +44,6 @@ def write_shards(out_dir, n, size=12, channels=2, per_shard=2, with_label=True):
 @pytest.fixture(scope="module")
 def volumes():
     return phantom_volumes(5, size=12, channels=2, seed=3).cache()
-
-
-def test_phantom_volumes_are_the_seeded_phantoms():
-    items = list(phantom_volumes(3, size=10, channels=2, seed=4).as_numpy_iterator())
-    assert [v["case_id"].decode() for v in items] == ["phantom_000", "phantom_001", "phantom_002"]
-    for i, item in enumerate(items):
-        image, label = make_phantom((4, i), size=10, channels=2)
-        np.testing.assert_array_equal(item["image"], image)
-        np.testing.assert_array_equal(item["label"], label)
 
 
 def test_same_seed_same_batches_other_seed_differs(volumes):
@@ -151,29 +137,6 @@ def test_bad_pipeline_arguments(volumes, kwargs, key):
         make_pipeline(volumes, None, **kwargs)
 
 
-def test_shard_volumes_read_all_cases_deterministically_and_split_by_file(tmp_path):
-    write_shards(tmp_path, 5)
-    dataset = shard_volumes(tmp_path)
-    assert int(dataset.cardinality()) == 5
-    first = [v["case_id"].decode() for v in dataset.as_numpy_iterator()]
-    again = [v["case_id"].decode() for v in shard_volumes(tmp_path).as_numpy_iterator()]
-    assert first == again and sorted(first) == [f"case_{i}" for i in range(5)]
-    item = next(iter(dataset.as_numpy_iterator()))
-    np.testing.assert_array_equal(item["image"], make_phantom(
-        (7, int(item["case_id"][5:])), size=12, channels=2)[0])
-
-    parts = []
-    for worker in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
-        part = shard_volumes(tmp_path, input_context=context)
-        parts.append({v["case_id"].decode() for v in part.as_numpy_iterator()})
-        assert int(part.cardinality()) == len(parts[-1])
-    assert parts[0] == {"case_0", "case_1", "case_4"} and parts[1] == {"case_2", "case_3"}
-    too_many = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=3)
-    with pytest.raises(DataError, match="cannot be split"):
-        shard_volumes(tmp_path, input_context=too_many)
-
-
 def test_pipeline_over_shards_is_deterministic(tmp_path):
     write_shards(tmp_path, 4)
     a = batches(make_pipeline(shard_volumes(tmp_path), noisy_transform, batch_size=2,
@@ -181,43 +144,6 @@ def test_pipeline_over_shards_is_deterministic(tmp_path):
     b = batches(make_pipeline(shard_volumes(tmp_path), noisy_transform, batch_size=2,
                               crop_size=8, seed=3, start_batch=2), 3)
     assert_same(a[2:], b)
-
-
-def test_open_volumes_sources(tmp_path):
-    phantoms = open_volumes(None, phantoms=dict(n=2, size=10, channels=3))
-    assert phantoms.element_spec["image"].shape == (10, 10, 10, 3)
-
-    slices = open_volumes(None, dim=2, slice_axis=1, phantoms=dict(n=2, size=10))
-    items = list(slices.as_numpy_iterator())
-    assert len(items) == 20 and int(slices.cardinality()) == 20
-    image, label = make_phantom((0, 1), size=10)
-    np.testing.assert_array_equal(items[13]["image"], image[:, 3])
-    np.testing.assert_array_equal(items[13]["label"], label[:, 3])
-    assert items[13]["case_id"].decode() == "phantom_001:003"
-
-    native = open_volumes(None, dim=2, phantoms=dict(n=2, size=10, dim=2))
-    assert native.element_spec["image"].shape == (10, 10, 1)
-
-    write_shards(tmp_path / "prepared", 3, size=8, channels=1, with_label=False)
-    sliced = open_volumes(tmp_path / "prepared", dim=2)
-    shard_slices = list(sliced.as_numpy_iterator())
-    assert len(shard_slices) == 24 == int(sliced.cardinality())  # counted from the manifest
-    assert shard_slices[0]["label"].shape == (0,)
-    assert shard_slices[0]["image"].shape == (8, 8, 1)
-
-
-def test_open_volumes_errors(tmp_path):
-    write_phantom_dataset(tmp_path / "raw", 1, size=8)
-    with pytest.raises(DataError, match="ssl3d prepare"):
-        open_volumes(tmp_path / "raw")
-    with pytest.raises(DataError, match="no such file"):
-        open_volumes(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match="phantoms.nn"):
-        open_volumes(None, phantoms=dict(nn=3))
-    with pytest.raises(ConfigError, match="2D"):
-        open_volumes(None, dim=3, phantoms=dict(n=1, size=8, dim=2))
-    with pytest.raises(ConfigError, match="slice_axis"):
-        volume_slices(phantom_volumes(1, size=8), slice_axis=3)
 
 
 DISTRIBUTED = textwrap.dedent("""
@@ -273,3 +199,5 @@ def test_cases_smaller_than_the_crop_are_named():
     # 2D slices along axis 2 see only the first two axes.
     assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=2) == []
     assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=0) == ["thin"]
+
+

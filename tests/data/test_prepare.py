@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from ssl3d_keras.data import prepare as prepare_module
+from ssl3d_keras.data.layouts import discover
 from ssl3d_keras.data.prepare import prepare_dataset, summary_line
 from ssl3d_keras.data.preprocess import PreprocessConfig, preprocess
 from ssl3d_keras.data.shards import parse_example, read_manifest
-from ssl3d_keras.data.sources import discover
 from ssl3d_keras.errors import DataError
 from tests.data.helpers_nifti import LAS_AFFINE, write_brats, write_decathlon
 

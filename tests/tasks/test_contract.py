@@ -1,4 +1,4 @@
-"""Every registered task, in 3D and 2D, passes the shared contract (tests/tasks/contract.py).
+"""Every registered task, in 3D and 2D, passes the shared contract (ssl3d_keras/testing/tasks.py).
 
 Run one task with `-k`, e.g. `pytest tests/tasks/test_contract.py -k rotation`.
 """
@@ -6,7 +6,7 @@ Run one task with `-k`, e.g. `pytest tests/tasks/test_contract.py -k rotation`.
 import pytest
 
 from ssl3d_keras.tasks import list_tasks
-from tests.tasks import contract
+from ssl3d_keras.testing import tasks as contract
 
 CASES = [(name, dim) for name in list_tasks() for dim in contract.DIMS]
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from ssl3d_keras import tasks
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.ops.augment import exemplar_augment
-from tests.tasks import contract
+from ssl3d_keras.testing import tasks as contract
 
 TINY = {"depth": 1, "base_filters": 4, "dropout": 0.0, "norm": "none"}
 

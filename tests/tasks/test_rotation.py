@@ -11,7 +11,7 @@ TINY = {"depth": 1, "base_filters": 4, "dropout": 0.0, "norm": "batch"}
 
 
 def paper_rotations(v):
-    """The paper's classes, written out from METHODS.md with np.rot90 (not the code's table)."""
+    """The paper's classes, written out from the paper (README) with np.rot90 (not the code's table)."""
     if v.ndim == 3:  # 2D image (H, W, C)
         return [np.rot90(v, k, axes=(0, 1)) for k in range(4)]
     out = [v]

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssl3d_keras.data.layouts import BRATS_LABELS, detect_layout, discover
 from ssl3d_keras.data.nifti import load_nifti
-from ssl3d_keras.data.sources import BRATS_LABELS, Case, detect_layout, discover, split_cases
+from ssl3d_keras.data.sources import Case, split_cases
 from ssl3d_keras.errors import ConfigError, DataError
 from tests.data.helpers_nifti import LAS_AFFINE, blob, write_brats, write_decathlon, write_nifti
 

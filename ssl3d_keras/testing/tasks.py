@@ -3,7 +3,14 @@
 Each `check_*` takes a built task (or a task name and rank) and raises an
 AssertionError naming what broke. `tests/tasks/test_contract.py` runs them for
 every name in `ssl3d_keras.tasks.list_tasks()`, in 3D and in 2D, so a new task
-is covered the moment it is registered.
+is covered the moment it is registered. A user who writes a sixth task runs
+the same checks on it:
+
+>>> from ssl3d_keras.testing import tasks as contract
+>>> task = contract.build_task("rotation", 2).build_from_example()
+>>> volume = contract.make_volume(2)
+>>> contract.check_transform_shapes(task, volume)
+>>> contract.check_all_weights_get_gradients(task, contract.make_batch(task, volume))
 
 Tasks are built tiny: a one-level encoder with 4 filters, 32-voxel sides, and
 the small arguments of `SMALL_ARGS` that the task's constructor accepts.
@@ -18,6 +25,7 @@ import tensorflow as tf
 
 from ssl3d_keras import tasks
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.models.dtype import dtype_policy
 
 TINY_ENCODER = {"depth": 1, "base_filters": 4, "dropout": 0.0, "norm": "batch"}
 SIDE = 32
@@ -203,9 +211,7 @@ def check_unknown_key_raises(name, dim):
 
 def check_mixed_precision(name, dim, volume):
     """Under mixed_bfloat16 the outputs and the loss stay float32 and finite."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
+    with dtype_policy("mixed_bfloat16"):
         task = build_task(name, dim)
         inputs, target = make_batch(task, volume)
         outputs = task(inputs, training=False)
@@ -214,5 +220,3 @@ def check_mixed_precision(name, dim, volume):
                 assert x.dtype == tf.float32, f"outputs are {x.dtype} under mixed precision"
         loss, _ = task.compute_loss_and_metrics(inputs, target, training=True)
         assert loss.dtype == tf.float32 and np.isfinite(loss.numpy())
-    finally:
-        keras.config.set_dtype_policy(previous)
