@@ -101,7 +101,9 @@ def data_efficiency(data_path, pretrain_data, tasks, no_2d, fractions, repeats, 
     if no_2d:
         config.include_2d = False
     if encoders:
-        config.encoders = encoders
+        from ssl3d_keras.cli.finetune import resolve_encoder
+
+        config.encoders = {name: resolve_encoder(handle) for name, handle in encoders.items()}
     if pretrain_data is not None:
         config.pretrain_data = str(Path(pretrain_data).resolve())
     config = from_dict(ExperimentConfig, vars(config))

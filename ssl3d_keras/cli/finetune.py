@@ -19,6 +19,19 @@ _OPTION_KEYS = {
 }
 
 
+def resolve_encoder(handle):
+    """A zoo name becomes the folder of its build (downstream loads paths and URLs only)."""
+    from pathlib import Path
+
+    if handle is None or "://" in handle or Path(handle).expanduser().exists():
+        return handle
+    from ssl3d_keras import zoo
+
+    if handle in zoo.list_recipes():
+        return str(zoo.locate(handle))
+    return handle
+
+
 def _set(data, dotted, value):
     node = data
     *parents, last = dotted.split(".")
@@ -104,7 +117,7 @@ def finetune(encoder, scratch, data_path, task, label_fraction, repeat, schedule
         if isinstance(data.get("finetune"), dict):
             data = data["finetune"]
     if encoder is not None:
-        data["encoder"] = encoder
+        data["encoder"] = resolve_encoder(encoder)
     if scratch:
         data["scratch"] = True
     if data_path is not None:

@@ -197,7 +197,7 @@ def case_volumes(dataset, case_ids, *, deterministic=True):
     """
     import tensorflow as tf
 
-    from ssl3d_keras.data.pipeline import shard_volumes
+    from ssl3d_keras.data.volumes import shard_volumes
 
     wanted = tf.constant(sorted(case_ids) or [""])
     lookup = None if dataset.lookup is None else tf.constant(dataset.lookup)

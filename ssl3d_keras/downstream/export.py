@@ -43,8 +43,8 @@ def export_finetuned(run_dir, out_dir, *, formats="all"):
     Raises:
         ExportError: the run is not finished.
     """
+    from ssl3d_keras.atomic import replace_dir
     from ssl3d_keras.downstream.finetune import MODEL_FACTS, load_finetuned
-    from ssl3d_keras.export.savedmodel import replace_dir
     from ssl3d_keras.training.checkpoints import read_json
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)

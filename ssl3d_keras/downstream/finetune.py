@@ -165,7 +165,7 @@ def _training_volumes(config, dataset, train_ids):
     if config.data.dim == 2:
         import tensorflow as tf
 
-        from ssl3d_keras.data.pipeline import volume_slices
+        from ssl3d_keras.data.volumes import volume_slices
 
         counts = sum(int(dataset.cases[c]["final_shape"][config.data.slice_axis])
                      for c in train_ids)

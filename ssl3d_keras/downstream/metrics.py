@@ -277,8 +277,13 @@ def region_scores(prediction, reference, regions, spacing):
 
     Example:
 
+    >>> reference = np.zeros((8, 8, 8), int)
+    >>> reference[2:6, 2:6, 2:6] = 2
+    >>> reference[3:5, 3:5, 3:5] = 3
+    >>> prediction = np.where(reference > 0, 2, 0)  # the oedema right, the enhancing core missed
     >>> scores = region_scores(prediction, reference, BRATS_REGIONS, (1.0, 1.0, 1.0))
-    >>> scores["WT"]["dice"]
+    >>> scores["WT"]["dice"], scores["ET"]["dice"]
+    (1.0, 0.0)
     """
     prediction, reference = _check_pair(prediction, reference)
     spacing = _check_spacing(spacing, prediction.ndim)
@@ -331,9 +336,15 @@ def segmentation_scores(prediction, reference, *, classes, spacing, class_names=
 
     Example:
 
+    >>> ref = np.zeros((6, 6, 6), int)
+    >>> ref[1:5, 1:5, 1:5] = 1
+    >>> ref[2:4, 2:4, 2:4] = 2
+    >>> pred = ref.copy()
+    >>> pred[2:4, 2:4, 2] = 1  # half the tumour called pancreas
     >>> scores = segmentation_scores(pred, ref, classes=[1, 2], spacing=(0.8, 0.8, 2.5),
     ...                              class_names={1: "pancreas", 2: "tumour"})
-    >>> scores["dice"]["tumour"]
+    >>> round(scores["dice"]["tumour"], 3)
+    0.667
     """
     classes = _check_classes(classes)
     if class_names is None:

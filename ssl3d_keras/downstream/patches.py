@@ -8,8 +8,14 @@ seed) and a resumed run sees the patches an uninterrupted one would.
 
 Example:
 
->>> image, label = foreground_crop(image, label, (32, 32, 32), seed=[1, 2],
-...                                foreground_share=0.33)
+>>> import numpy as np
+>>> label = np.zeros((48, 48, 48), "int32")
+>>> label[40, 5, 20] = 1                      # a one-voxel "tumour"
+>>> image = np.random.default_rng(0).normal(size=(48, 48, 48, 1)).astype("float32")
+>>> patch, patch_label = foreground_crop(image, label, (16, 16, 16), seed=[1, 2],
+...                                      foreground_share=1.0)
+>>> patch.shape, int(patch_label.numpy().sum())
+(TensorShape([16, 16, 16, 1]), 1)
 """
 
 import numpy as np

@@ -46,8 +46,8 @@ def predict_dataset(run_dir, data, out_dir, *, layout="auto", on_error="fail", p
             has another channel count than the model.
     """
     from ssl3d_keras.config import from_dict
+    from ssl3d_keras.data.layouts import discover
     from ssl3d_keras.data.preprocess import PreprocessConfig, preprocess
-    from ssl3d_keras.data.sources import discover
     from ssl3d_keras.downstream.evaluate import predict_case, probability_fn
     from ssl3d_keras.downstream.finetune import MODEL_FACTS, load_finetuned
     from ssl3d_keras.downstream.geometry import write_prediction

@@ -20,10 +20,18 @@ NaN allowed). Methods and metric names are data: nothing here knows a fixed list
 
 Example:
 
->>> append_rows("results.csv", rows)          # once per finished (method, fraction, repeat)
+>>> rows = [{"method": m, "fraction": 0.1, "repeat": 0, "case": c, "dice_mean": d}
+...         for m, shift in (("rotation-3d", 0.2), ("scratch", 0.0))
+...         for c, d in (("case_01", 0.4 + shift), ("case_02", 0.5 + shift))]
+>>> path = append_rows("results.csv", rows)   # once per finished (method, fraction, repeat)
 >>> rows = read_rows("results.csv")
->>> print(markdown_report(rows, metric="dice_mean", baseline="scratch"))
->>> plot_fractions(rows, "dice_by_fraction.png")
+>>> print(markdown_report(rows, metric="dice_mean", baseline="scratch"))  # doctest: +ELLIPSIS
+## dice_mean by label fraction
+...
+| rotation-3d | 0.650 |
+| scratch | 0.450 |
+...
+>>> png = plot_fractions(rows, "dice_by_fraction.png")
 """
 
 import csv
@@ -202,8 +210,9 @@ def append_rows(path, rows):
 
     Example:
 
-    >>> append_rows("results.csv", [{"method": "scratch", "fraction": 0.1, "repeat": 0,
+    >>> append_rows("scratch.csv", [{"method": "scratch", "fraction": 0.1, "repeat": 0,
     ...                              "case": "case_01", "dice_mean": 0.42}])
+    PosixPath('scratch.csv')
     """
     path = Path(path)
     new = [_check_row(row, f"{path} (new row {i})") for i, row in enumerate(rows)]
@@ -271,8 +280,9 @@ def done_cells(rows):
 
     Example:
 
-    >>> done = done_cells(read_rows("results.csv")) if Path("results.csv").exists() else set()
-    >>> if ("rotation-3d", 0.1, 0) not in done: ...
+    >>> done_cells([{"method": "scratch", "fraction": 0.1, "repeat": 0, "case": "a"},
+    ...             {"method": "scratch", "fraction": 0.1, "repeat": 0, "case": "b"}])
+    {('scratch', 0.1, 0)}
     """
     return {(row["method"], float(row["fraction"]), int(row["repeat"])) for row in rows}
 
@@ -349,8 +359,11 @@ def summary_table(rows, metric="dice_mean"):
 
     Example:
 
-    >>> summary_table(read_rows("results.csv"), metric="dice_1")[0]
-    {'method': 'rotation-3d', 'fraction': 0.1, 'mean': 0.74, 'sd': 0.02, 'n_repeats': 3, ...}
+    >>> rows = [{"method": "scratch", "fraction": 0.1, "repeat": r, "case": c, "dice_1": d}
+    ...         for r, values in enumerate(((0.4, 0.6), (0.6, 0.8))) for c, d in zip("ab", values)]
+    >>> row = summary_table(rows, metric="dice_1")[0]
+    >>> round(row["mean"], 3), round(row["sd"], 3), row["n_repeats"], row["n_cases"]
+    (0.6, 0.141, 2, 2)
     """
     if not rows:
         return []
@@ -411,8 +424,12 @@ def paired_difference(rows, method, baseline="scratch", *, fraction, metric="dic
 
     Example:
 
-    >>> paired_difference(rows, "rotation-3d", "scratch", fraction=0.1)
-    {'mean': 0.051, 'low': 0.02, 'high': 0.083, 'n_cases': 40}
+    >>> rows = [{"method": m, "fraction": 0.1, "repeat": 0, "case": f"c{i}",
+    ...          "dice_mean": 0.5 + 0.01 * i + (0.1 if m == "rotation-3d" else 0.0)}
+    ...         for m in ("rotation-3d", "scratch") for i in range(5)]
+    >>> result = paired_difference(rows, "rotation-3d", "scratch", fraction=0.1)
+    >>> round(result["mean"], 3), round(result["low"], 3), round(result["high"], 3)
+    (0.1, 0.1, 0.1)
     """
     _check_metric(rows, metric)
     _check_method(rows, method, "method")
@@ -495,7 +512,10 @@ def markdown_report(rows, metric="dice_mean", baseline="scratch", *, n_boot=1000
 
     Example:
 
-    >>> Path("results.md").write_text(markdown_report(read_rows("results.csv")))
+    >>> rows = [{"method": m, "fraction": f, "repeat": 0, "case": "c1", "dice_mean": d}
+    ...         for m, f, d in (("rpl-3d", 0.5, 0.7), ("scratch", 0.5, 0.6))]
+    >>> "| rpl-3d | +0.100 [+0.100, +0.100] |" in markdown_report(rows)
+    True
     """
     lines = [f"## {metric} by label fraction", ""]
     if not rows:
@@ -591,7 +611,11 @@ def plot_fractions(rows, path, metric="dice_mean", title=None):
 
     Example:
 
-    >>> plot_fractions(read_rows("results.csv"), "figures/dice_by_fraction.png")
+    >>> rows = [{"method": m, "fraction": f, "repeat": 0, "case": "c1", "dice_mean": d}
+    ...         for m, f, d in (("rpl-3d", 0.1, 0.5), ("rpl-3d", 1.0, 0.7),
+    ...                         ("scratch", 0.1, 0.3), ("scratch", 1.0, 0.6))]
+    >>> plot_fractions(rows, "figures/dice_by_fraction.png").name
+    'dice_by_fraction.png'
     """
     from matplotlib import rcParams
     from matplotlib.backends.backend_agg import FigureCanvasAgg

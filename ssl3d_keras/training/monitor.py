@@ -41,7 +41,8 @@ def _held_out_batches(config, task):
     """The fixed held-out examples as a list of numpy `(inputs, target)` batches, or []."""
     import functools
 
-    from ssl3d_keras.data.pipeline import make_pipeline, open_volumes
+    from ssl3d_keras.data.pipeline import make_pipeline
+    from ssl3d_keras.data.volumes import open_volumes
 
     monitor, data = config.monitor, config.data
     if monitor.validation_data is not None:
