@@ -54,8 +54,8 @@ def _encoders(ctx, param, values):
               help="Set a fine-tuning key of every cell, e.g. --set schedule=full "
                    "--set split.test_fraction=0.3. Repeatable.")
 @click.option("--quick", is_flag=True,
-              help="A small version (rotation 3D vs scratch at 10 % and 100 %, one repeat) "
-                   "that finishes in minutes on two CPU cores.")
+              help="A small version with the full experiment's budget: rotation 3D vs scratch "
+                   "at 10 % and 100 %, one repeat (about 5 minutes on two CPU cores).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Experiment folder: results.csv, results.md, dice.png, cells/, encoders/.")
 @click.option("--quiet", is_flag=True, help="Only the final table.")
