@@ -50,7 +50,7 @@ def _set(data, dotted, value):
 @click.option("--data", "data_path", type=click.Path(exists=True),
               help="Labelled dataset: a prepared folder (manifest.json) or a raw Decathlon, "
                    "BraTS, folder or CSV dataset (prepared into OUT/prepared first). "
-                   "Default: 24 labelled phantoms (ventricles, nuclei, lesions).")
+                   "Default: 40 labelled phantoms (ventricles, nuclei, lesions).")
 @click.option("--task", type=click.Choice(["segmentation", "classification"]),
               help="segmentation (U-Net decoder; default) or classification (graded images).")
 @click.option("--label-fraction", type=click.FloatRange(0, 1, min_open=True),

@@ -43,7 +43,7 @@ class FinetunePhantoms:
         seed: seed of the phantom generator (pretraining phantoms use 0).
     """
 
-    n: int = 24
+    n: int = 40
     size: int = 48
     channels: int = 1
     seed: int = 1000
