@@ -183,6 +183,20 @@ def read_config_file(path):
     raise ConfigError(str(path), f"expected a .toml or .json file. Received suffix {path.suffix!r}")
 
 
+def set_dotted(data, dotted, value):
+    """Set `data["a"]["b"] = value` for `dotted="a.b"`, creating the tables on the way.
+
+    Returns:
+        `data`.
+    """
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return data
+
+
 def apply_overrides(data, overrides):
     """Apply `key.sub=value` strings to a nested dict, in place; returns it.
 

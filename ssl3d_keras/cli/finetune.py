@@ -2,6 +2,8 @@
 
 import click
 
+from ssl3d_keras.config import set_dotted
+
 # Options whose value goes to one config key (None = not given on the command line).
 _OPTION_KEYS = {
     "task": "task",
@@ -30,14 +32,6 @@ def resolve_encoder(handle):
     if handle in zoo.list_recipes():
         return str(zoo.locate(handle))
     return handle
-
-
-def _set(data, dotted, value):
-    node = data
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +115,7 @@ def finetune(encoder, scratch, data_path, task, label_fraction, repeat, schedule
     if scratch:
         data["scratch"] = True
     if data_path is not None:
-        _set(data, "data.path", str(Path(data_path).resolve()))
+        set_dotted(data, "data.path", str(Path(data_path).resolve()))
     values = {"task": task, "label_fraction": label_fraction, "repeat": repeat,
               "schedule": schedule, "steps": steps, "warmup_steps": warmup_steps,
               "batch_size": batch_size, "patch_size": patch_size, "seed": seed,
@@ -129,7 +123,7 @@ def finetune(encoder, scratch, data_path, task, label_fraction, repeat, schedule
               "loss": loss}
     for name, value in values.items():
         if value is not None:
-            _set(data, _OPTION_KEYS[name], value)
+            set_dotted(data, _OPTION_KEYS[name], value)
     apply_overrides(data, overrides)
     out = Path(out_dir or "runs/finetune")
     if resume and data:

@@ -24,7 +24,7 @@ Example:
 import copy
 from pathlib import Path
 
-from ssl3d_keras.config import apply_overrides, from_dict, read_config_file
+from ssl3d_keras.config import apply_overrides, from_dict, read_config_file, set_dotted
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.training.config import PretrainConfig, quick_config
 
@@ -43,14 +43,6 @@ OPTION_KEYS = {
 # keys belong to one task or one network.
 _WHOLE_TABLES = ("task_config", "encoder")
 _DEFAULT_PHANTOM_SIZE = 64
-
-
-def _set(data, dotted, value):
-    node = data
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def _get(data, dotted, default=None):
@@ -155,7 +147,7 @@ def assemble_config(task=None, *, config=None, stored=None, data=None, steps=Non
     if task is not None:
         result["task"] = task
     if data is not None:
-        _set(result, "data.path", str(Path(data).resolve()))
+        set_dotted(result, "data.path", str(Path(data).resolve()))
     if steps is not None:
         result["steps"] = steps
         result["epochs"] = None
@@ -163,11 +155,11 @@ def assemble_config(task=None, *, config=None, stored=None, data=None, steps=Non
         result["epochs"] = epochs
     for name, value in options.items():
         if value is not None:
-            _set(result, OPTION_KEYS[name], value)
+            set_dotted(result, OPTION_KEYS[name], value)
     input_size = options.get("input_size")
     if input_size is not None and _get(result, "data.path") is None:
         if input_size > _get(result, "data.phantoms.size", _DEFAULT_PHANTOM_SIZE):
-            _set(result, "data.phantoms.size", input_size)
+            set_dotted(result, "data.phantoms.size", input_size)
     reset_encoder_for_new_architecture(result, overrides)
     apply_overrides(result, list(overrides))
     if "task" not in result:

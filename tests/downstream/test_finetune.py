@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ssl3d_keras.config import set_dotted
 from ssl3d_keras.downstream.finetune import finetune, load_finetuned
 from ssl3d_keras.errors import ConfigError, DataError
 
@@ -43,11 +44,7 @@ def tiny(prepared, **changes):
               "split": {"test_fraction": 0.2, "validation_fraction": 0.15},
               "data": {"prepared": str(prepared)}}
     for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_dotted(config, key, value)
     return config
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.config import from_dict, set_dotted, to_dict
 from ssl3d_keras.errors import ConfigError, DataError
 from ssl3d_keras.tasks import register_task
 from ssl3d_keras.tasks.base import ProxyTask
@@ -41,11 +41,7 @@ def tiny(**changes):
         "log_every": 1,
     }
     for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_dotted(config, key, value)
     return config
 
 
