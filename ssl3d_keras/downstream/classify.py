@@ -54,13 +54,14 @@ def _pad_to(image, multiple):
     return np.pad(image, [*pads, (0, 0)])
 
 
-def predict_grades(model, dataset, case_ids, *, head, divisible_by):
-    """`(case_ids, true grades, predicted grades)` for whole images, one at a time."""
+def predict_grades(forward, dataset, case_ids, *, head, divisible_by):
+    """`(case_ids, true grades, predicted grades)` for whole images, one at a time.
+
+    `forward` is `ssl3d_keras.downstream.evaluate.probability_fn(model)`.
+    """
     from ssl3d_keras.downstream.dataset import iterate_cases
-    from ssl3d_keras.downstream.evaluate import probability_fn
     from ssl3d_keras.downstream.models import decode_ordinal
 
-    forward = probability_fn(model)
     ids, truth, predicted = [], [], []
     for case_id, image, _ in iterate_cases(dataset, case_ids):
         output = forward(_pad_to(image, divisible_by)[None])[0]
@@ -87,6 +88,7 @@ def finetune_classifier(run, out_dir, *, verbose=True):
     import time
 
     from ssl3d_keras.downstream.dataset import case_volumes
+    from ssl3d_keras.downstream.evaluate import probability_fn
     from ssl3d_keras.downstream.finetune import finish_run
     from ssl3d_keras.downstream.losses import make_classification_loss
     from ssl3d_keras.downstream.metrics import quadratic_weighted_kappa
@@ -107,15 +109,17 @@ def finetune_classifier(run, out_dir, *, verbose=True):
                               batch_size=config.batch_size, seed=config.seed,
                               start_batch=start_batch, cache=config.data.cache)
 
+    forward = probability_fn(model)  # traced once for every validation and the test
+
     def score(ids):
-        _, truth, predicted = predict_grades(model, dataset, ids, head=config.head,
+        _, truth, predicted = predict_grades(forward, dataset, ids, head=config.head,
                                              divisible_by=divisible)
         return quadratic_weighted_kappa(truth, predicted, num_classes=k)
 
     started = time.perf_counter()
     best = fit(model, loss_fn, batches, config, out_dir, resuming=run.resuming,
                validation=(splits.validation, score, "kappa"), verbose=verbose)
-    ids, truth, predicted = predict_grades(model, dataset, splits.test, head=config.head,
+    ids, truth, predicted = predict_grades(forward, dataset, splits.test, head=config.head,
                                            divisible_by=divisible)
     rows = [{"case": c, "grade": int(t), "predicted": int(p)}
             for c, t, p in zip(ids, truth, predicted, strict=True)]

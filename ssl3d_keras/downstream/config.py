@@ -24,8 +24,6 @@ __all__ = ["FinetuneConfig", "FinetuneData", "FinetunePhantoms", "FinetuneOptimi
 # The phantom downstream task: the small deep structures and the lesions, the parts a
 # pretrained encoder could help with (skin, skull and brain are trivially separable).
 PHANTOM_LABEL_MAP = {"4": 1, "5": 2, "6": 3, "11": 4}
-PHANTOM_CLASS_NAMES = {"0": "background", "1": "ventricles", "2": "left nucleus",
-                       "3": "right nucleus", "4": "lesion"}
 
 # The encoder trained from scratch when no pretrained one is named: the demonstration
 # encoder that `ssl3d pretrain TASK` trains by default, so the two compare like for like.

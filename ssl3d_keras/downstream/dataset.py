@@ -109,22 +109,20 @@ def _declared_classes(data, manifest, folder):
         source_names = {int(k): v for k, v in names.items()}
         for source, target in sorted(label_map.items(), key=lambda kv: int(kv[1])):
             class_names.setdefault(int(target), source_names.get(int(source), f"class {target}"))
-        if data.path is None:
-            from ssl3d_keras.downstream.config import PHANTOM_CLASS_NAMES
-
-            class_names = {int(k): v for k, v in PHANTOM_CLASS_NAMES.items()}
-        return num, class_names, label_map
-    if data.num_classes is not None:
-        num = int(data.num_classes)
-    elif names:
-        num = max(int(k) for k in names) + 1
     else:
-        raise ConfigError("data.num_classes", f"{folder}: the dataset declares no label classes "
-                          "(no 'labels' in dataset.json); set data.num_classes. Received: None")
-    class_names = {int(k): v for k, v in names.items()} or {i: f"class {i}" for i in range(num)}
+        if data.num_classes is not None:
+            num = int(data.num_classes)
+        elif names:
+            num = max(int(k) for k in names) + 1
+        else:
+            raise ConfigError("data.num_classes", f"{folder}: the dataset declares no label "
+                              "classes (no 'labels' in dataset.json); set data.num_classes. "
+                              "Received: None")
+        class_names = ({int(k): v for k, v in names.items()}
+                       or {i: f"class {i}" for i in range(num)})
     if data.class_names:
         class_names.update({int(k): v for k, v in data.class_names.items()})
-    return num, class_names, None
+    return num, class_names, label_map
 
 
 def open_labelled(data, task="segmentation"):

@@ -55,7 +55,7 @@ def predict_case(model, image, *, dim, window, overlap=0.5, batch_size=4, blend=
                              window=window, overlap=overlap, divisible_by=divisible_by)
 
 
-def case_row(case_id, scores, class_names):
+def case_row(case_id, scores):
     """Flatten one case's scores into a CSV-ready row.
 
     Columns: `case`, `dice_<class>`, `hd95_<class>` for each foreground class,
@@ -73,7 +73,6 @@ def case_row(case_id, scores, class_names):
     for region, values in (scores.get("regions") or {}).items():
         row[f"{region}_dice"] = float(values["dice"])
         row[f"{region}_hd95"] = float(values["hd95"])
-    del class_names  # names are already the keys of `scores`
     return row
 
 
@@ -83,7 +82,7 @@ def _nanmean(values):
 
 
 def evaluate_cases(model, dataset, case_ids, *, dim, window, evaluation, divisible_by=1,
-                   slice_axis=0, predictions_dir=None, progress=None):
+                   slice_axis=0, predictions_dir=None, progress=None, forward=None):
     """Predict and score whole cases.
 
     Args:
@@ -98,6 +97,8 @@ def evaluate_cases(model, dataset, case_ids, *, dim, window, evaluation, divisib
         predictions_dir: folder to write each prediction to, as NIfTI on the
             case's source file grid (`<case>.nii.gz`), or None.
         progress: optional `callback(done, total, case_id)`.
+        forward: optional `probability_fn(model)`, reused across calls so that
+            repeated validation does not trace the model again.
 
     Returns:
         list of row dicts (see `case_row`), in the order the cases are read.
@@ -105,7 +106,7 @@ def evaluate_cases(model, dataset, case_ids, *, dim, window, evaluation, divisib
     from ssl3d_keras.downstream.dataset import iterate_cases
     from ssl3d_keras.downstream.metrics import segmentation_scores
 
-    forward = probability_fn(model)
+    forward = forward or probability_fn(model)
     classes = list(range(1, dataset.num_classes))
     names = {c: dataset.class_names.get(c, str(c)) for c in classes}
     rows = []
@@ -119,7 +120,7 @@ def evaluate_cases(model, dataset, case_ids, *, dim, window, evaluation, divisib
         scores = segmentation_scores(prediction, label, classes=classes,
                                      spacing=dataset.spacing(case_id), class_names=names,
                                      brats=dataset.regions == "brats")
-        rows.append(case_row(case_id, scores, names))
+        rows.append(case_row(case_id, scores))
         if predictions_dir is not None:
             write_case_prediction(predictions_dir, dataset, case_id, prediction)
         if progress is not None:

@@ -153,20 +153,18 @@ def _pretrain_encoder(task, dim, config, finetune, out_dir, log):
     return export_dir
 
 
-def _cell_config(base, method, handle, fraction, repeat, base_schedule="auto"):
+def _cell_config(base, method, handle, fraction, repeat):
+    """The (unvalidated) config of one cell; `finetune` validates it, resolving
+    `schedule="auto"` for this cell's encoder."""
     config = copy.deepcopy(base)
     # A repeat draws another label subset and another initialisation and patch order, so
     # the spread over repeats includes training noise (at 100 % the subsets coincide).
     config.seed = int(base.seed) + int(repeat)
-    if base_schedule == "auto" and not method.startswith("scratch"):
-        config.schedule = "warmup"
     config.split.label_fraction = float(fraction)
     config.split.repeat = int(repeat)
     if method in ("scratch", "scratch-2d"):
         config.encoder, config.scratch = None, True
         config.data.dim = 2 if method == "scratch-2d" else 3
-        if base_schedule == "auto":
-            config.schedule = "full"
     else:
         config.encoder, config.scratch = str(handle), False
         config.data.dim = 2 if method.endswith("-2d") else 3
@@ -217,6 +215,7 @@ def run_experiment(config, out_dir, *, verbose=True):
     Raises:
         ConfigError: an invalid setting, before anything runs.
     """
+    from ssl3d_keras.downstream.config import FinetuneConfig
     from ssl3d_keras.downstream.dataset import open_labelled, resolve_dataset
     from ssl3d_keras.downstream.finetune import as_config
     from ssl3d_keras.downstream.report import append_rows, done_cells, read_rows
@@ -231,11 +230,12 @@ def run_experiment(config, out_dir, *, verbose=True):
         if verbose:
             print(message, flush=True)
 
-    base = copy.deepcopy(config.finetune)
-    base.setdefault("scratch", True)  # validated per cell; the base names no encoder
-    schedule = base.get("schedule", "auto")
-    finetune = as_config(base)
+    # Cells start from the settings as given (schedule "auto" is resolved per cell); the
+    # base is validated here only to fail before any pretraining.
+    cells_base = from_dict(FinetuneConfig, config.finetune, "finetune")
+    finetune = as_config({**copy.deepcopy(config.finetune), "scratch": True})
     resolve_dataset(finetune.data, out_dir, progress=verbose)
+    cells_base.data.prepared = finetune.data.prepared
     open_labelled(finetune.data, finetune.task)  # fails now, not after pretraining
     write_json_atomic(out_dir / "experiment.json", {**to_dict(config),
                                                     "finetune_resolved": to_dict(finetune)})
@@ -258,8 +258,7 @@ def run_experiment(config, out_dir, *, verbose=True):
     started = time.perf_counter()
     for index, (method, fraction, repeat) in enumerate(todo, start=1):
         cell_dir = out_dir / "cells" / method / f"f{_fraction_name(fraction)}-r{repeat}"
-        cell = _cell_config(finetune, method, handles.get(method), fraction, repeat,
-                            base_schedule=schedule)
+        cell = _cell_config(cells_base, method, handles.get(method), fraction, repeat)
         metrics = _run_cell(cell, cell_dir)
         new = [{"method": method, "fraction": fraction, "repeat": repeat, **case}
                for case in metrics["cases"]]

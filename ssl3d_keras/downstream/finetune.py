@@ -57,12 +57,11 @@ def as_config(config):
 
 
 def _divisible_by(encoder):
+    """`PyramidEncoder.divisible_by`, or an exported SavedModel's recorded value."""
     value = getattr(encoder, "divisible_by", None)
-    if value is None and hasattr(encoder, "depth"):
-        value = 2 ** int(encoder.depth)
     if value is None:
-        meta = getattr(encoder, "ssl3d_metadata", None) or {}
-        value = (meta.get("input") or {}).get("divisible_by") or meta.get("divisible_by")
+        value = ((getattr(encoder, "ssl3d_metadata", None) or {}).get("input") or {}).get(
+            "divisible_by")
     return int(value or 1)
 
 
@@ -141,6 +140,8 @@ def _check_patch(config, info):
 
 
 def _prepare_run_dir(config, out_dir, resume):
+    """`(config, resuming)`: the stored config on resume (`config` is then ignored), else
+    `config` validated, with the folder checked and cleared of a previous run's records."""
     path = out_dir / CONFIG_FILE
     if resume:
         if not path.is_file():
@@ -155,7 +156,7 @@ def _prepare_run_dir(config, out_dir, resume):
     for stale in ("training.csv", "validation.csv", "best.json", "best.weights.h5",
                   "metrics.json", "metrics.csv", "summary.json"):
         (out_dir / stale).unlink(missing_ok=True)
-    return config, False
+    return as_config(config), False
 
 
 def _training_volumes(config, dataset, train_ids):
@@ -174,12 +175,12 @@ def _training_volumes(config, dataset, train_ids):
     return volumes
 
 
-def _validation_score(model, dataset, ids, config, window, info):
+def _validation_score(model, dataset, ids, config, window, info, forward):
     from ssl3d_keras.downstream.evaluate import evaluate_cases
 
     rows = evaluate_cases(model, dataset, ids, dim=config.data.dim, window=window,
                           evaluation=config.evaluation, divisible_by=info["divisible_by"],
-                          slice_axis=config.data.slice_axis)
+                          slice_axis=config.data.slice_axis, forward=forward)
     values = [r["dice_mean"] for r in rows if not math.isnan(r["dice_mean"])]
     return float(np.mean(values)) if values else float("nan")
 
@@ -204,8 +205,7 @@ def _start_run(config, out_dir, resume, verbose):
     from ssl3d_keras.downstream.dataset import check_label_values, open_labelled, resolve_dataset
     from ssl3d_keras.downstream.splits import make_splits
 
-    config, resuming = _prepare_run_dir(as_config(config) if config is not None or not resume
-                                        else None, out_dir, resume)
+    config, resuming = _prepare_run_dir(config, out_dir, resume)
     resolve_dataset(config.data, out_dir, progress=verbose)
     dataset = open_labelled(config.data, config.task)
     s = config.split
@@ -273,6 +273,7 @@ def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True
     model = build_segmentation_model(run.skips, dataset.num_classes, dim=config.data.dim,
                                      input_channels=dataset.channels)
     loss_fn = make_segmentation_loss(config.loss, dataset.num_classes)
+    from ssl3d_keras.downstream.evaluate import probability_fn
     from ssl3d_keras.downstream.patches import segmentation_batches
     from ssl3d_keras.downstream.trainer import fit
 
@@ -283,13 +284,17 @@ def finetune(config=None, out_dir="runs/finetune", *, resume=False, verbose=True
                                     foreground_share=config.foreground_share,
                                     start_batch=start_batch, cache=config.data.cache)
 
+    # One traced forward pass for every validation and the test (training=False does not
+    # depend on which layers are frozen).
+    forward = probability_fn(model)
+
     def score(ids):
-        return _validation_score(model, dataset, ids, config, window, info)
+        return _validation_score(model, dataset, ids, config, window, info, forward)
 
     started = time.perf_counter()
     best = fit(model, loss_fn, batches, config, out_dir, resuming=run.resuming,
                validation=(splits.validation, score, "dice_mean"), verbose=verbose)
-    summary = _test(model, dataset, splits, config, window, info, out_dir, verbose)
+    summary = _test(model, dataset, splits, config, window, info, out_dir, verbose, forward)
     summary.update({"best_step": best["step"], "best_validation_dice": best["score"]
                     if best["step"] is not None else None, "encoder": info["source"],
                     "steps": config.steps, "run_dir": str(out_dir),
@@ -309,7 +314,7 @@ def finish_run(model, summary, out_dir, encoder=None):
     return summary
 
 
-def _test(model, dataset, splits, config, window, info, out_dir, verbose):
+def _test(model, dataset, splits, config, window, info, out_dir, verbose, forward):
     """Score the test cases, write metrics.json / metrics.csv / predictions; returns the summary."""
     from ssl3d_keras.downstream.evaluate import evaluate_cases
     from ssl3d_keras.downstream.metrics import summarize
@@ -324,7 +329,8 @@ def _test(model, dataset, splits, config, window, info, out_dir, verbose):
     rows = evaluate_cases(model, dataset, splits.test, dim=config.data.dim, window=window,
                           evaluation=config.evaluation, divisible_by=info["divisible_by"],
                           slice_axis=config.data.slice_axis, predictions_dir=predictions,
-                          progress=(lambda done, total, case: bar.update(done)) if bar else None)
+                          progress=(lambda done, total, case: bar.update(done)) if bar else None,
+                          forward=forward)
     metric_keys = [k for k in rows[0] if k != "case"] if rows else []
     stats = summarize([{k: r[k] for k in metric_keys} for r in rows])
     write_json_atomic(out_dir / "metrics.json",

@@ -8,7 +8,6 @@ resumed run continues in the phase its step belongs to, with the batches an
 uninterrupted run would have drawn.
 """
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -16,43 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ssl3d_keras.atomic import atomic_path, write_json_atomic
+from ssl3d_keras.training.logging import StepCsv
 
 __all__ = ["fit", "phase_at"]
 
 TRAINING_COLUMNS = ("step", "loss", "lr", "phase", "examples_per_sec", "wall")
-
-
-class CsvLog:
-    """Append-only CSV with a header, flushed at every row (a crash loses nothing written).
-
-    Args:
-        path: the file.
-        columns: column names.
-        keep_until: on resume, drop the rows logged after this step first.
-    """
-
-    def __init__(self, path, columns, keep_until=None):
-        self.path = Path(path)
-        if keep_until is not None and self.path.is_file():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= keep_until]
-            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self._file = self.path.open("a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=columns)
-        if new:
-            self._writer.writeheader()
-            self._file.flush()
-
-    def write(self, row):
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self):
-        self._file.close()
 
 
 def make_train_step(model, optimizer, loss_fn):
@@ -148,8 +115,8 @@ def fit(model, loss_fn, batches, config, out_dir, *, resuming, validation, verbo
             best = read_json(out_dir / "best.json")
 
     keep = start if resuming else None
-    training_log = CsvLog(out_dir / "training.csv", TRAINING_COLUMNS, keep_until=keep)
-    validation_log = CsvLog(out_dir / "validation.csv", ("step", name), keep_until=keep)
+    training_log = StepCsv(out_dir / "training.csv", TRAINING_COLUMNS, keep_until=keep)
+    validation_log = StepCsv(out_dir / "validation.csv", ("step", name), keep_until=keep)
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
     progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "val"],
                                   unit_name="step") if verbose else None
@@ -207,8 +174,6 @@ def fit(model, loss_fn, batches, config, out_dir, *, resuming, validation, verbo
                 progbar.update(done, values=[("loss", loss)]
                                + ([("val", value)] if value is not None else []))
     finally:
-        training_log.close()
-        validation_log.close()
         writer.close()
     if best["step"] is not None and (out_dir / "best.weights.h5").is_file():
         model.load_weights(str(out_dir / "best.weights.h5"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from ssl3d_keras.atomic import atomic_path
 from ssl3d_keras.training.rundir import RunDir
 
 CSV_COLUMNS = ("step", "loss", "accuracy", "lr", "examples_per_sec", "wall")
@@ -39,17 +40,50 @@ def read_metrics(path):
     return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in rows]
 
 
-def truncate_metrics(path, last_step):
-    """Drop rows after `last_step` (logged after the checkpoint a resume starts from)."""
+def truncate_csv(path, last_step, columns):
+    """Drop the rows of a step-keyed CSV logged after `last_step` (a resume starts there).
+
+    The file is rewritten atomically; a missing file is left missing.
+    """
     path = Path(path)
-    rows = [r for r in read_metrics(path) if r["step"] <= last_step]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(float(r["step"])) <= last_step]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
-    return rows
+
+
+def truncate_metrics(path, last_step):
+    """Drop metrics.csv rows after `last_step` (logged after the checkpoint a resume starts from)."""
+    truncate_csv(path, last_step, CSV_COLUMNS)
+    return read_metrics(path)
+
+
+class StepCsv:
+    """A CSV of rows keyed by `step`, each row appended and on disk as soon as it is written.
+
+    Args:
+        path: the file (created with a header when missing or empty).
+        columns: the column names.
+        keep_until: on resume, the step to keep rows up to; later rows are dropped first.
+    """
+
+    def __init__(self, path, columns, *, keep_until=None):
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        if keep_until is not None:
+            truncate_csv(self.path, keep_until, self.columns)
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            with self.path.open("w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns).writeheader()
+
+    def write(self, row):
+        """Append one row (a dict with the columns as keys)."""
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
 
 
 class TrainingLogger:

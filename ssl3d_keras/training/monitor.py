@@ -20,12 +20,12 @@ kept in `checkpoints/best/` with `best.json`, and `ssl3d export RUN --checkpoint
 best` exports it.
 """
 
-import csv
 import math
 from pathlib import Path
 
-from ssl3d_keras.atomic import atomic_path, write_json_atomic
+from ssl3d_keras.atomic import write_json_atomic
 from ssl3d_keras.errors import ConfigError
+from ssl3d_keras.training.logging import StepCsv
 
 __all__ = ["PretrainMonitor", "BEST_CHECKPOINT", "BEST_FILE"]
 
@@ -90,7 +90,7 @@ class PretrainMonitor:
         self.run_dir = Path(run_dir)
         self.held_out = _held_out_batches(config, task)
         self.best = self._read_best(start_step)
-        self._truncate(start_step)
+        self.log = StepCsv(self.run_dir / MONITOR_FILE, COLUMNS, keep_until=start_step)
         self.probe = probe
 
     @classmethod
@@ -133,17 +133,6 @@ class PretrainMonitor:
                 return best
         return {"step": None, "score": -math.inf, "metric": None}
 
-    def _truncate(self, start_step):
-        path = self.run_dir / MONITOR_FILE
-        if not path.is_file():
-            return
-        with path.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
     def proxy_scores(self):
         """Mean proxy loss and accuracy over the held-out examples (NaN when there are none)."""
         if not self.held_out:
@@ -168,13 +157,7 @@ class PretrainMonitor:
                 if self.probe is not None else math.nan)
         row = {"step": step, "val_loss": val_loss, "val_accuracy": val_accuracy,
                "probe_dice": dice}
-        path = self.run_dir / MONITOR_FILE
-        new = not path.is_file()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self.log.write(row)
         import tensorflow as tf
 
         writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
