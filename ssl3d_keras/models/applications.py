@@ -50,7 +50,8 @@ class DenseNetEncoder(PyramidEncoder):
 
     Args:
         input_channels: int, number of image channels `C`. Default 3.
-        weights: `None` (random initialisation, default), `"imagenet"`
+        weights: `None` (random initialisation, default: convolution
+            kernels from `he_normal`, as the DenseNet authors), `"imagenet"`
             (only for `input_channels=3`; downloaded or read from the Keras
             cache) or the path of a weights file of
             `keras.applications.DenseNet121(include_top=False)`. A config
@@ -131,6 +132,8 @@ class DenseNetEncoder(PyramidEncoder):
                 "weights need network access or a cached file in ~/.keras/models/. "
                 f"Received: weights={weights!r}",
             ) from None
+        if weights is None:
+            _he_normal_kernels(backbone)
         pyramid = {key: backbone.get_layer(layer).output for key, layer in _PYRAMID_LAYERS.items()}
 
         # `inputs` is a tensor (not the backbone's one-element list) so calls take a tensor.
@@ -150,6 +153,20 @@ class DenseNetEncoder(PyramidEncoder):
             "weights": self.weights_source,
             **self._base_config(),
         }
+
+
+def _he_normal_kernels(model):
+    """Redraw every convolution kernel of a freshly built model from `he_normal`.
+
+    `keras.applications` builds its layers with Keras' default Glorot
+    initialiser and takes no initialiser argument. DenseNet is a ReLU network
+    and its authors (Huang et al. 2017) initialised it as He et al. (2015) do,
+    as our U-Net does; the layer's `kernel_initializer` is updated to match.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.kernel_initializer = keras.initializers.HeNormal()
+            layer.kernel.assign(layer.kernel_initializer(layer.kernel.shape, layer.kernel.dtype))
 
 
 def _check_weights(weights, input_channels):

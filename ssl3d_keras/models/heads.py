@@ -26,7 +26,9 @@ class _MLPHead(keras.layers.Layer):
         self._flatten = keras.layers.Flatten()
         hidden = []
         for i, width in enumerate(units):
-            hidden.append(keras.layers.Dense(width, activation="relu", name=f"dense{i + 1}"))
+            # He initialisation for ReLU layers, as the encoders; the linear output keeps Glorot.
+            hidden.append(keras.layers.Dense(width, activation="relu",
+                                             kernel_initializer="he_normal", name=f"dense{i + 1}"))
             if batch_norm:
                 hidden.append(keras.layers.BatchNormalization(name=f"norm{i + 1}"))
             if dropout > 0:

@@ -16,6 +16,10 @@ from ssl3d_keras.models.pyramid import PyramidEncoder
 
 NORMS = ("batch", "group", "instance", "none")
 
+# He et al. (2015) for convolutions followed by ReLU, as the authors' U-Net
+# (`conv3d_block(kernel_initializer="he_normal")`); Keras would default to Glorot.
+KERNEL_INITIALIZER = "he_normal"
+
 # Keyword arguments passed on to Keras (the name is an argument of its own).
 _KERAS_KWARGS = ("trainable", "dtype")
 
@@ -36,7 +40,8 @@ class UNetEncoder(PyramidEncoder):
     """U-Net encoder (contracting path), 2D or 3D.
 
     Level `l` (0-based, `0..depth-1`) has two blocks
-    `Conv(3, same) -> ReLU -> Norm` with `base_filters * 2**l` filters, a
+    `Conv(3, same) -> ReLU -> Norm` (kernels drawn from `he_normal`, as the
+    authors' code) with `base_filters * 2**l` filters, a
     Dropout between the two blocks and a MaxPool(2) after the level. Then a
     bottleneck level of two blocks with `bottleneck_filters`, then one more
     MaxPool(2) if `final_pool`. The paper encoder (the defaults) has
@@ -148,7 +153,8 @@ class UNetEncoder(PyramidEncoder):
             for block in (1, 2):
                 if block == 2 and dropout > 0:
                     x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout", dtype=dtype)(x)
-                x = conv(width, 3, padding="same", name=f"{prefix}_conv{block}", dtype=dtype)(x)
+                x = conv(width, 3, padding="same", kernel_initializer=KERNEL_INITIALIZER,
+                         name=f"{prefix}_conv{block}", dtype=dtype)(x)
                 x = keras.layers.ReLU(name=f"{prefix}_relu{block}", dtype=dtype)(x)
                 norm_layer = _norm_layer(norm, width, f"{prefix}_norm{block}", dtype)
                 if norm_layer is not None:

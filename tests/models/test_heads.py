@@ -96,3 +96,19 @@ def test_tf_checkpoint_holds_every_head_variable(tmp_path):
     tf.train.Checkpoint(model=restored).read(path).assert_consumed()
     for a, b in zip(head.weights, restored.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("make", [lambda: BigFullyHead(5, units=(64, 32)),
+                                  lambda: ProjectionHead(8, units=(64,))],
+                         ids=["big_fully", "projection"])
+def test_relu_layers_are_he_normal_and_the_linear_output_glorot(make):
+    head = make()
+    head.build((None, 40))
+    hidden = [layer for layer in head._hidden.layers if isinstance(layer, keras.layers.Dense)]
+    assert len(hidden) == len(head.units)
+    for layer in hidden:
+        assert isinstance(layer.kernel_initializer, keras.initializers.HeNormal), layer.name
+    # The logits / embedding layer has no ReLU after it: Glorot, Keras' default.
+    assert isinstance(head._output.kernel_initializer, keras.initializers.GlorotUniform)
+    first = keras.ops.convert_to_numpy(hidden[0].kernel)
+    np.testing.assert_allclose(first.var(), 2.0 / 40, rtol=0.15)
