@@ -3,9 +3,17 @@
 The volume is cut into an `n x n x n` grid (`n x n` in 2D) of cells of side
 `size // n`; one patch of side `cell - jitter` is cut from each cell, at a random
 offset in `[0, jitter]` per patch and axis in training and at the centre offset
-in evaluation. The patches are shuffled by one of P fixed permutations (chosen
-with the maximal-Hamming-distance algorithm, deterministic from
-`permutation_seed`, stored with the model), and the network predicts which.
+in evaluation. The patches are shuffled by one of P fixed permutations
+(deterministic from `permutation_seed`, stored with the model), and the
+network predicts which.
+
+The permutation set (`permutation_set`): the paper asks for a large minimum
+Hamming distance between the P permutations. When the number of patches is a
+prime power (27 for 3 x 3 x 3, 9 for 3 x 3) and P fits, the default is the
+affine maps of the finite field GF(27) (`ops.permutations.affine_permutations`):
+minimum distance 26 of 27, the optimum. Otherwise (P > 72 on a 2D 3 x 3 grid,
+or a 6 x 6 grid) it is the greedy max-min search (`"greedy"`, 25 of 27 for
+P = 100, what every run used before the option existed).
 
 The pieces every grid-of-patches task shares (`patch_shape_for`,
 `encode_patches`) live in `ssl3d_keras.tasks.patches`.
@@ -19,7 +27,8 @@ import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.ops.patches import grid_patches
-from ssl3d_keras.ops.permutations import maximal_hamming_permutations
+from ssl3d_keras.ops.permutations import permutation_set as make_permutation_set
+from ssl3d_keras.ops.permutations import resolve_permutation_set
 from ssl3d_keras.tasks.base import ClassificationTask
 from ssl3d_keras.tasks.patches import encode_patches, patch_shape_for
 from ssl3d_keras.tasks.registry import register_task
@@ -58,10 +67,20 @@ class JigsawTask(ClassificationTask):
         grid: int, cells per axis. Default `3` (27 patches in 3D, 9 in 2D).
         jitter: int, maximal random offset of a patch in its cell. Default `3`.
         num_permutations: int, P, the number of classes. Default `100`.
-        permutation_seed: int, seed of the maximal-Hamming permutation set. Default `0`.
+        permutation_seed: int, seed of the permutation set. Default `0`.
+        permutation_set: `"auto"` (default), `"affine"` or `"greedy"`: how
+            the set is built. `"affine"`: P affine maps of GF(`grid**dim`),
+            the identity first, minimum pairwise Hamming distance
+            `grid**dim - 1` (26 of 27); needs a prime-power number of patches
+            and `P <= n(n - 1)`. `"greedy"`: the max-min search over random
+            permutations (25 of 27 for P = 100). `"auto"` is `"affine"` where
+            it applies, else `"greedy"`; `get_config` records the resolved
+            name, and a config without the key (saved before the option
+            existed, when every set was greedy) loads as `"greedy"`.
         permutations: optional `(P, grid**dim)` integer array-like: the
             permutation set itself (`get_config` stores it, so a saved task
-            keeps its exact classes). Default `None`: computed from the seed.
+            keeps its exact classes whatever `permutation_set` says).
+            Default `None`: built from `permutation_set` and the seed.
         head_units: tuple of int. Default `(2048, 1024)` (the paper).
         head_dropout: float. Default `0.5` (the paper).
         **kwargs: `name`, `trainable`, `dtype`; any other key is a `ConfigError`.
@@ -94,6 +113,7 @@ class JigsawTask(ClassificationTask):
         jitter=3,
         num_permutations=100,
         permutation_seed=0,
+        permutation_set="auto",
         permutations=None,
         head_units=(2048, 1024),
         head_dropout=0.5,
@@ -114,9 +134,13 @@ class JigsawTask(ClassificationTask):
                 f"must be between 2 and {self.num_patches}! = {limit}. "
                 f"Received: {num_permutations}",
             )
+        self.permutation_set = resolve_permutation_set(
+            permutation_set, self.num_patches, self.num_permutations
+        )
         if permutations is None:
-            permutations = maximal_hamming_permutations(
-                self.num_patches, self.num_permutations, seed=self.permutation_seed
+            permutations = make_permutation_set(
+                self.permutation_set, self.num_patches, self.num_permutations,
+                seed=self.permutation_seed,
             )
         self.permutations = _check_permutations(
             permutations, self.num_patches, self.num_permutations
@@ -157,5 +181,11 @@ class JigsawTask(ClassificationTask):
             "jitter": self.jitter,
             "num_permutations": self.num_permutations,
             "permutation_seed": self.permutation_seed,
+            "permutation_set": self.permutation_set,
             "permutations": self.permutations.tolist(),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before `permutation_set` existed were trained with the greedy set.
+        return super().from_config({"permutation_set": "greedy", **config})

@@ -9,6 +9,7 @@ import tensorflow as tf
 from ssl3d_keras import tasks
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.models import UNetEncoder
+from ssl3d_keras.ops.permutations import maximal_hamming_permutations, min_pairwise_hamming
 from ssl3d_keras.tasks.patches import encode_patches
 
 TINY = {"depth": 1, "base_filters": 4, "dropout": 0.0, "norm": "batch"}
@@ -73,8 +74,42 @@ def test_default_permutation_set():
     assert len(np.unique(perms, axis=0)) == 100
     hamming = (perms[:, None, :] != perms[None, :, :]).sum(-1)
     np.fill_diagonal(hamming, 27)
-    assert hamming.min() >= 24
+    # 27 = 3**3 patches: the affine maps of GF(27), at the optimal distance 26 of 27.
+    assert hamming.min() == 26
+    assert task.permutation_set == "affine"
+    np.testing.assert_array_equal(perms[0], np.arange(27))  # the unshuffled puzzle is class 0
     assert task.get_config()["permutations"] == perms.tolist()
+    assert task.get_config()["permutation_set"] == "affine"
+
+
+def test_greedy_set_stays_available_and_auto_falls_back_to_it():
+    greedy = tasks.get("jigsaw", input_shape=(24, 24, 24, 1), encoder=TINY,
+                       num_permutations=8, permutation_set="greedy")
+    np.testing.assert_array_equal(greedy.permutations,
+                                  maximal_hamming_permutations(27, 8, seed=0))
+    # 9 patches in 2D: GF(9) has 72 affine maps, so P = 100 needs the greedy search.
+    auto = tasks.get("jigsaw", input_shape=(24, 24, 1), encoder=TINY, num_permutations=100)
+    assert auto.permutation_set == "greedy"
+    assert auto.get_config()["permutation_set"] == "greedy"
+    small = tasks.get("jigsaw", input_shape=(24, 24, 1), encoder=TINY, num_permutations=72)
+    assert small.permutation_set == "affine"
+    assert min_pairwise_hamming(small.permutations) == 8
+
+
+def test_config_round_trip_keeps_the_set_and_old_configs_load_as_greedy():
+    task = tasks.get("jigsaw", input_shape=(24, 24, 24, 1), encoder=TINY, num_permutations=8)
+    config = task.get_config()
+    again = type(task).from_config(config)
+    assert again.permutation_set == "affine"
+    np.testing.assert_array_equal(again.permutations, task.permutations)
+    # A config saved before `permutation_set` existed: its set was the greedy one.
+    legacy = {k: v for k, v in config.items() if k not in ("permutation_set", "permutations")}
+    old = type(task).from_config(legacy)
+    assert old.permutation_set == "greedy"
+    np.testing.assert_array_equal(old.permutations, maximal_hamming_permutations(27, 8, seed=0))
+    # ... and one that stored its permutations keeps them exactly.
+    stored = {**legacy, "permutations": old.permutations.tolist()}
+    np.testing.assert_array_equal(type(task).from_config(stored).permutations, old.permutations)
 
 
 def test_permutation_set_follows_its_seed():
@@ -125,6 +160,10 @@ def test_network_outputs_one_logit_per_permutation(rng):
         ({"num_permutations": 1}, "num_permutations"),
         ({"grid": 2, "num_permutations": 25}, "num_permutations"),
         ({"grid": 9}, "input_shape"),
+        ({"permutation_set": "afine"}, "permutation_set"),
+        ({"permutation_set": "affine", "num_permutations": 73}, "num_permutations"),
+        # 6 x 6 = 36 patches: no prime power, no finite field of that size.
+        ({"permutation_set": "affine", "grid": 6, "jitter": 0}, "permutation_set"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs, key):
