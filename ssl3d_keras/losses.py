@@ -26,32 +26,44 @@ def info_nce_logits(predictions, targets, temperature=1.0):
     """Scores of every prediction against every target: `p_i . t_j / temperature`.
 
     Args:
-        predictions: float tensor `(..., N, code)`.
-        targets: float tensor `(..., N, code)`; row `i` is the positive of
-            prediction `i`, every other row of the same leading index a negative.
+        predictions: float tensor `(..., n, code)`.
+        targets: float tensor `(..., N, code)` (the candidates; `N >= n`).
         temperature: float, divides the dot products.
 
     Returns:
-        float32 tensor `(..., N, N)`: `logits[..., i, j]` scores prediction `i`
+        float32 tensor `(..., n, N)`: `logits[..., i, j]` scores prediction `i`
         against target `j`.
     """
     predictions, targets = _float32(predictions, targets)
     return ops.matmul(predictions, ops.swapaxes(targets, -1, -2)) / temperature
 
 
-def info_nce_loss(predictions, targets, *, temperature=1.0):
+def _positive_mask(logits, offset):
+    """One-hot `(n, N)` of each prediction's own target: row `i` -> column `offset + i`."""
+    rows, columns = ops.shape(logits)[-2], ops.shape(logits)[-1]
+    positives = ops.arange(rows, dtype="int32") + ops.cast(offset, "int32")
+    return ops.one_hot(positives, columns, dtype="float32"), positives
+
+
+def info_nce_loss(predictions, targets, *, temperature=1.0, offset=0):
     """InfoNCE: cross-entropy of picking the true target among all `N` candidates.
 
     For each prediction `i` (and each leading index), a softmax over its
-    scores against the `N` targets; the loss is `-log softmax_i` of its own
-    target, averaged over everything. With random codes it is about `log(N)`.
+    scores against the `N` targets; the loss is `-log softmax` of its own
+    target (row `offset + i`), averaged over everything. With random codes it
+    is about `log(N)`.
 
     Args:
-        predictions: float tensor `(..., N, code)` (e.g. `(steps, N, code)`:
+        predictions: float tensor `(..., n, code)` (e.g. `(steps, n, code)`:
             one InfoNCE problem per prediction step).
-        targets: float tensor `(..., N, code)`, same shape; row `i` is the
-            positive of prediction `i`, the other `N - 1` rows its negatives.
+        targets: float tensor `(..., N, code)` with `N >= n`; row `offset + i`
+            is the positive of prediction `i`, the other `N - 1` rows its
+            negatives. Usually `N = n` (the batch's own targets); under a
+            distribution strategy the targets of every replica, gathered.
         temperature: float, default 1 (plain dot products, as in CPC).
+        offset: int or int32 scalar tensor, row of `targets` holding the
+            positive of prediction 0 (this replica's first row in the
+            gathered targets). Default 0.
 
     Returns:
         float32 scalar.
@@ -63,26 +75,30 @@ def info_nce_loss(predictions, targets, *, temperature=1.0):
     >>> z = np.eye(4, dtype="float32") * 10
     >>> float(info_nce_loss(z, z)) < 1e-3
     True
+    >>> float(info_nce_loss(z[2:], z, offset=2)) < 1e-3  # predictions 2, 3 of 4 candidates
+    True
     """
     logits = info_nce_logits(predictions, targets, temperature)
     log_probs = ops.log_softmax(logits, axis=-1)
-    return -ops.mean(ops.diagonal(log_probs, axis1=-2, axis2=-1))
+    mask, _ = _positive_mask(logits, offset)
+    return -ops.mean(ops.sum(log_probs * mask, axis=-1))
 
 
-def info_nce_accuracy(predictions, targets):
+def info_nce_accuracy(predictions, targets, *, offset=0):
     """Fraction of predictions whose highest-scoring target is their own.
 
     Args:
-        predictions: float tensor `(..., N, code)`.
+        predictions: float tensor `(..., n, code)`.
         targets: float tensor `(..., N, code)`.
+        offset: see `info_nce_loss`.
 
     Returns:
         float32 scalar; chance is `1 / N`.
     """
     logits = info_nce_logits(predictions, targets)
     picked = ops.argmax(logits, axis=-1)
-    truth = ops.arange(ops.shape(logits)[-1], dtype=picked.dtype)
-    return ops.mean(ops.cast(ops.equal(picked, truth), "float32"))
+    _, truth = _positive_mask(logits, offset)
+    return ops.mean(ops.cast(ops.equal(picked, ops.cast(truth, picked.dtype)), "float32"))
 
 
 def binary_cpc_scores(predictions, targets):

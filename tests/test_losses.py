@@ -42,6 +42,29 @@ def test_info_nce_matches_numpy(rng, shape, temperature):
         assert 0 < expected_acc < 1  # the case is not trivial
 
 
+@pytest.mark.parametrize("offset", [0, 3, 5])
+def test_info_nce_offset_scores_a_slice_against_all_candidates(rng, offset):
+    # A replica's 3 predictions (rows offset..offset+2 of 8) against the 8 gathered targets.
+    predictions = rng.normal(size=(2, 8, 4)).astype(np.float32)
+    targets = (predictions + rng.normal(scale=1.5, size=(2, 8, 4))).astype(np.float32)
+    local = predictions[:, offset:offset + 3]
+    logits = np.einsum("kic,kjc->kij", local.astype(np.float64), targets)
+    rows = offset + np.arange(3)
+    expected = -np.mean([np_log_softmax(logits[k, i])[rows[i]] for k in range(2) for i in range(3)])
+    hits = np.mean([np.argmax(logits[k, i]) == rows[i] for k in range(2) for i in range(3)])
+    loss = losses.info_nce_loss(local, targets, offset=tf.constant(offset))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(losses.info_nce_accuracy(local, targets, offset=offset)), hits)
+
+
+def test_info_nce_over_replica_slices_averages_to_the_global_loss(rng):
+    predictions = rng.normal(size=(3, 8, 4)).astype(np.float32)
+    targets = rng.normal(size=(3, 8, 4)).astype(np.float32)
+    parts = [losses.info_nce_loss(predictions[:, r:r + 4], targets, offset=r) for r in (0, 4)]
+    np.testing.assert_allclose(float(np.mean(parts)),
+                               float(losses.info_nce_loss(predictions, targets)), rtol=1e-6)
+
+
 def test_info_nce_is_log_n_for_uninformative_codes():
     z = np.zeros((3, 8, 4), np.float32)
     np.testing.assert_allclose(float(losses.info_nce_loss(z, z)), np.log(8), rtol=1e-6)

@@ -22,7 +22,8 @@ then the column's own cell in row `r`:
 
 Losses: InfoNCE (the paper's, the default): for every prediction step, each
 prediction must pick its true target code among the target codes of every
-column of every volume of the local batch. `loss="binary"` reproduces the
+column of every volume of the global batch (under a distribution strategy the
+targets of all replicas are gathered, see `ssl3d_keras.ops.replicas`). `loss="binary"` reproduces the
 old code: a sigmoid of the mean dot product, one negative per positive (the
 targets of a different column of the same scan, drawn by `transform`).
 """
@@ -38,6 +39,7 @@ from ssl3d_keras.config import check_choice, check_int
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.ops import augment as augment_ops
 from ssl3d_keras.ops import patches as patch_ops
+from ssl3d_keras.ops import replicas as replica_ops
 from ssl3d_keras.tasks.base import ProxyTask
 from ssl3d_keras.tasks.registry import register_task
 
@@ -323,19 +325,25 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         def by_step(x):  # (batch, columns, k, code) -> (k, batch * columns, code)
             return tf.transpose(tf.reshape(x, (-1, self.predict_steps, self.code_size)), (1, 0, 2))
 
+        # Candidates: the targets of every replica (the global batch; a no-op on one
+        # device); this replica's rows start at `offset` volumes in.
+        targets, offset = replica_ops.gather_replicas(targets)
         predictions, targets = by_step(predictions), by_step(targets)
-        if predictions.shape[1] is not None:
-            self._num_candidates = int(predictions.shape[1])
+        if targets.shape[1] is not None:
+            self._num_candidates = int(targets.shape[1])
+        first = offset * self.num_columns
         return (
-            losses.info_nce_loss(predictions, targets, temperature=self.temperature),
-            losses.info_nce_accuracy(predictions, targets),
+            losses.info_nce_loss(
+                predictions, targets, temperature=self.temperature, offset=first
+            ),
+            losses.info_nce_accuracy(predictions, targets, offset=first),
         )
 
     @property
     def chance_accuracy(self):
         """0.5 for `loss="binary"`; for InfoNCE `1 / candidates`.
 
-        The InfoNCE candidates are the columns of every volume of the local
+        The InfoNCE candidates are the columns of every volume of the global
         batch, so chance depends on the batch size: it is taken from the last
         batch whose loss was computed with a static batch size (the pipeline's
         `drop_remainder=True` batches); before that, a one-volume batch
