@@ -1,13 +1,19 @@
 """Random augmentations of one volume, N-d, graph-safe, with stateless seeds.
 
 These are the 3D exemplar-network augmentations of the paper (Taleb et al.
-2020, 3D-Exe; README, "The five tasks as built"). Every random op takes `(volume, seed)` with `volume` of shape
-`(*spatial, C)` (2 or 3 spatial axes) and `seed` an int32 tensor `[2]`; the
-same seed gives the same output, in eager mode, in a `tf.function` and in a
-`tf.data` map. Each op splits its seed, so composing them stays reproducible.
+2020, 3D-Exe; README, "The five tasks as built"), and the old code's 2D ones:
+its 2D exemplar chain (`exemplar_augment_2d`, albumentations in the old code)
+and its fundus zoom and flips (`fundus_augment`, the Keras `random_zoom` and
+albumentations flips of its 2D data generators). Every random op takes
+`(volume, seed)` with `volume` of shape `(*spatial, C)` (2 or 3 spatial axes)
+and `seed` an int32 tensor `[2]`; the same seed gives the same output, in eager
+mode, in a `tf.function` and in a `tf.data` map. Each op splits its seed, so
+composing them stays reproducible.
 
 Out-of-volume voxels (arbitrary-angle rotations, zooming out) take the value of
-the nearest edge voxel, so no artificial border appears for the network to key on.
+the nearest edge voxel, so no artificial border appears for the network to key on;
+the fundus zoom keeps the old code's constant fill (a black border, as the
+photographs' own background).
 """
 
 import itertools
@@ -184,16 +190,19 @@ def random_brightness_contrast(volume, seed, brightness=0.125, contrast=(0.5, 1.
     return adjust_brightness_contrast(volume, delta, factor)
 
 
-def zoom(volume, factors):
+def zoom(volume, factors, fill_value=None):
     """Zoom about the centre by `factors` per spatial axis, keeping the shape.
 
     Equivalent to resizing by `factors` (linear interpolation) and then
-    centre-cropping or edge-padding back to the input shape: output voxel `i`
+    centre-cropping or padding back to the input shape: output voxel `i`
     samples the input at `c + (i - c) / factor`, `c = (size - 1) / 2`.
 
     Args:
         volume: float tensor `(*spatial, C)`.
         factors: float tensor or sequence `(dim,)`; > 1 zooms in.
+        fill_value: `None` (default): samples outside the input take the
+            nearest edge value; a float: they take this value (Keras'
+            `fill_mode="constant"`).
 
     Returns:
         Tensor of the same shape.
@@ -206,6 +215,8 @@ def zoom(volume, factors):
         last = tf.cast(size - 1, tf.float32)
         centre = last / 2.0
         coords = centre + (tf.cast(tf.range(size), tf.float32) - centre) / factors[axis]
+        # A hair of slack: at factor 1 the edge voxels sit exactly on 0 and `last`.
+        outside = (coords < -1e-4) | (coords > last + 1e-4)
         coords = tf.clip_by_value(coords, 0.0, last)
         low = tf.cast(tf.floor(coords), tf.int32)
         high = tf.minimum(low + 1, size - 1)
@@ -214,6 +225,9 @@ def zoom(volume, factors):
         volume = (1 - weight) * tf.gather(volume, low, axis=axis) + weight * tf.gather(
             volume, high, axis=axis
         )
+        if fill_value is not None:
+            outside = tf.reshape(outside, [-1] + [1] * (dim - axis))
+            volume = tf.where(outside, tf.cast(fill_value, volume.dtype), volume)
     return volume
 
 
@@ -257,3 +271,103 @@ def exemplar_augment(volume, seed):
     volume = random_rot90_or_angle(volume, rot_seed)
     volume = random_brightness_contrast(volume, intensity_seed)
     return random_zoom(volume, zoom_seed)
+
+
+# --- the old code's 2D path ----------------------------------------------------------------
+
+
+def random_quarter_turn(image, seed):
+    """Rotate an image by `k` quarter turns in the plane of its two axes, `k` uniform in 0..3.
+
+    albumentations' `RandomRotate90` (the old 2D exemplar chain), the same way
+    round as `np.rot90(image, k)`. A non-square image only takes `k` in {0, 2},
+    so the shape is kept.
+
+    Args:
+        image: tensor `(H, W, C)`.
+        seed: int32 tensor `[2]`.
+
+    Returns:
+        Tensor of the same shape.
+    """
+    image = tf.convert_to_tensor(image)
+    if _dim(image, "random_quarter_turn") != 2:
+        raise ValueError(
+            f"random_quarter_turn expects an image (H, W, C). Received: shape={image.shape}"
+        )
+    square = image.shape[0] is not None and image.shape[0] == image.shape[1]
+    turns = (0, 1, 2, 3) if square else (0, 2)
+    k = tf.minimum(tf.cast(_uniform([], seed) * len(turns), tf.int32), len(turns) - 1)
+    return tf.switch_case(k, [lambda t=t: rot90(image, t, (0, 1)) for t in turns])
+
+
+def random_scale_shift(volume, seed, contrast=0.2, brightness=0.2):
+    """Random contrast and brightness: `volume * (1 + c) + b`, `c` and `b` uniform in +-limits.
+
+    albumentations' `RandomBrightnessContrast` on float images (its defaults,
+    applied with p 1 in the old 2D exemplar chain): contrast scales about 0,
+    brightness adds a fraction of the maximum value 1. albumentations then
+    clips to [0, 1], its float images' range; ours are normalised (z-score by
+    default), so nothing is clipped.
+
+    Args:
+        volume: float tensor `(*spatial, C)`.
+        seed: int32 tensor `[2]`.
+        contrast: float, limit of the contrast change. Default 0.2.
+        brightness: float, limit of the shift. Default 0.2.
+
+    Returns:
+        Tensor of the same shape.
+    """
+    volume = tf.convert_to_tensor(volume)
+    _dim(volume, "random_scale_shift")
+    u = _uniform([2], seed, -1.0, 1.0)
+    scale = tf.cast(1.0 + contrast * u[0], volume.dtype)
+    return volume * scale + tf.cast(brightness * u[1], volume.dtype)
+
+
+def exemplar_augment_2d(image, seed):
+    """The old code's 2D exemplar augmentation chain (albumentations there).
+
+    A random quarter turn (p 1, `k` in 0..3) -> vertical flip (p 0.5) ->
+    horizontal flip (p 0.5) -> brightness and contrast (p 1, `random_scale_shift`).
+    The 3D chain (`exemplar_augment`) is the paper's; on images the old code
+    used this one.
+
+    Args:
+        image: float tensor `(H, W, C)`.
+        seed: int32 tensor `[2]`.
+
+    Returns:
+        Tensor of the same shape.
+    """
+    turn_seed, flip_seed, intensity_seed = _split(seed, 3)
+    image = random_quarter_turn(image, turn_seed)
+    image = random_flip(image, flip_seed)  # axis 0 (vertical), then axis 1 (horizontal)
+    return random_scale_shift(image, intensity_seed)
+
+
+def fundus_augment(image, seed, zoom_range=(0.85, 1.15)):
+    """The old code's fundus-photograph augmentation: a random zoom, then random flips.
+
+    As its 2D data generators (Keras `random_zoom(zoom_range=(0.85, 1.15),
+    fill_mode="constant", cval=0)`, then albumentations' horizontal and
+    vertical flips, p 0.5 each). Keras draws one factor `z` per axis, uniform
+    in `zoom_range`, and samples the input at `c + (i - c) * z`, so `z > 1`
+    zooms out; outside the photograph is 0.
+
+    Args:
+        image: float tensor `(H, W, C)`.
+        seed: int32 tensor `[2]`.
+        zoom_range: pair of floats, range of the per-axis Keras factor.
+            Default `(0.85, 1.15)`.
+
+    Returns:
+        Tensor of the same shape.
+    """
+    image = tf.convert_to_tensor(image)
+    dim = _dim(image, "fundus_augment")
+    zoom_seed, flip_seed = _split(seed, 2)
+    keras_factors = _uniform([dim], zoom_seed, zoom_range[0], zoom_range[1])
+    image = zoom(image, 1.0 / keras_factors, fill_value=0.0)
+    return random_flip(image, flip_seed)

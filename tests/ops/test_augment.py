@@ -10,9 +10,13 @@ import tensorflow as tf
 from ssl3d_keras.ops.augment import (
     adjust_brightness_contrast,
     exemplar_augment,
+    exemplar_augment_2d,
+    fundus_augment,
     random_brightness_contrast,
     random_flip,
+    random_quarter_turn,
     random_rot90_or_angle,
+    random_scale_shift,
     random_zoom,
     rotate_angle,
     zoom,
@@ -165,3 +169,135 @@ def test_graph_mode_and_tf_data_2d_and_3d(volume):
         for i, out in enumerate(ds):
             np.testing.assert_allclose(out, eager[i], atol=1e-5)
             np.testing.assert_allclose(fn(data, seeds(3)[i]), eager[i], atol=1e-5)
+
+
+# --- the old code's 2D path ----------------------------------------------------------------
+
+
+@pytest.fixture
+def image(rng):
+    return rng.normal(size=(6, 6, 3)).astype(np.float32)
+
+
+def dihedral(image):
+    """The 16 (quarter turn, vertical flip, horizontal flip) results of the old 2D chain."""
+    out = {}
+    for k, vertical, horizontal in itertools.product(range(4), (0, 1), (0, 1)):
+        x = np.rot90(image, k)
+        x = x[::-1] if vertical else x
+        out[(k, vertical, horizontal)] = x[:, ::-1] if horizontal else x
+    return out
+
+
+def scale_and_shift(x, y):
+    """Least-squares `a`, `b` with `y = a * x + b`, and the largest residual."""
+    design = np.stack([x.ravel(), np.ones(x.size)], axis=1).astype(np.float64)
+    (a, b), *_ = np.linalg.lstsq(design, y.ravel().astype(np.float64), rcond=None)
+    return a, b, np.abs(a * x + b - y).max()
+
+
+def test_random_quarter_turn_is_np_rot90(image):
+    seen = set()
+    for seed in seeds(40):
+        out = random_quarter_turn(image, seed).numpy()
+        ks = [k for k in range(4) if np.array_equal(out, np.rot90(image, k))]
+        assert len(ks) == 1
+        seen.add(ks[0])
+    assert seen == {0, 1, 2, 3}
+    wide = image[:4]  # (4, 6, 3): a quarter turn would change the shape
+    outs = [random_quarter_turn(wide, seed).numpy() for seed in seeds(20)]
+    assert all(any(np.array_equal(o, np.rot90(wide, k)) for k in (0, 2)) for o in outs)
+    with pytest.raises(ValueError):
+        random_quarter_turn(np.zeros((4, 4, 4, 1), np.float32), seeds(1)[0])
+
+
+def test_random_scale_shift_is_albumentations_brightness_contrast(image):
+    scales, shifts = [], []
+    for seed in seeds(30):
+        a, b, residual = scale_and_shift(image, random_scale_shift(image, seed).numpy())
+        assert residual < 1e-5
+        scales.append(a)
+        shifts.append(b)
+    assert 0.8 - 1e-6 <= min(scales) < 0.95 and 1.05 < max(scales) <= 1.2 + 1e-6
+    assert -0.2 - 1e-6 <= min(shifts) < -0.05 and 0.05 < max(shifts) <= 0.2 + 1e-6
+    np.testing.assert_array_equal(
+        random_scale_shift(image, seeds(1)[0], contrast=0.0, brightness=0.0), image
+    )
+
+
+def test_exemplar_augment_2d_is_a_dihedral_map_then_scale_and_shift(image):
+    candidates = dihedral(image)
+    seen = set()
+    for seed in seeds(40):
+        out = exemplar_augment_2d(image, seed).numpy()
+        assert out.shape == image.shape
+        fits = [key for key, ref in candidates.items() if scale_and_shift(ref, out)[2] < 1e-4]
+        assert fits, "not a quarter turn and flips of the image, scaled and shifted"
+        seen.add(candidates[fits[0]].tobytes())
+    assert len(seen) >= 6  # 8 distinct dihedral images; 40 draws see most of them
+
+
+def test_zoom_is_identity_at_factor_one_with_either_fill(image):
+    for fill in (None, 0.0):
+        np.testing.assert_allclose(zoom(image, [1.0, 1.0], fill_value=fill), image, atol=1e-6)
+
+
+def test_zoom_constant_fill_hand_case():
+    row = np.arange(5, dtype=np.float32).reshape(1, 5, 1) + 1.0
+    # factor 0.5 about c = 2 samples x at 2 + 2 (i - 2) = -2, 0, 2, 4, 6.
+    out = zoom(row, [1.0, 0.5], fill_value=0.0).numpy().ravel()
+    np.testing.assert_array_equal(out, [0.0, 1.0, 3.0, 5.0, 0.0])
+    edge = zoom(row, [1.0, 0.5]).numpy().ravel()
+    np.testing.assert_array_equal(edge, [1.0, 1.0, 3.0, 5.0, 5.0])
+
+
+def test_zoom_constant_fill_matches_scipy(rng):
+    image = rng.normal(size=(9, 11, 2)).astype(np.float32)
+    factors = np.array([0.87, 1.13], np.float32)
+    centre = (np.array(image.shape[:2]) - 1) / 2
+    ref = scipy.ndimage.affine_transform(
+        image, np.r_[1 / factors, 1.0], offset=np.r_[centre - centre / factors, 0.0],
+        order=1, mode="constant", cval=0.0,
+    )
+    np.testing.assert_allclose(zoom(image, factors, fill_value=0.0), ref, atol=1e-4)
+
+
+def test_fundus_augment_is_keras_zoom_then_flips(rng):
+    image = rng.uniform(size=(12, 12, 3)).astype(np.float32)
+    flips = [image, image[::-1], image[:, ::-1], image[::-1, ::-1]]
+    seen = set()
+    for seed in seeds(20):
+        # zoom_range (1, 1): no zoom, so the output is exactly one of the four flips.
+        out = fundus_augment(image, seed, zoom_range=(1.0, 1.0)).numpy()
+        matches = [i for i, ref in enumerate(flips) if np.array_equal(out, ref)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) >= 3
+    # A Keras factor of 1.15 on both axes zooms out: the image shrinks about the
+    # centre inside a zero border (Keras samples at c + (i - c) * 1.15).
+    out = fundus_augment(image, seeds(1)[0], zoom_range=(1.15, 1.15)).numpy()
+    centre = (np.array(image.shape[:2]) - 1) / 2
+    shrunk = scipy.ndimage.affine_transform(
+        image, [1.15, 1.15, 1.0], offset=np.r_[centre - centre * 1.15, 0.0], order=1,
+        mode="constant", cval=0.0,
+    )
+    shrunk_flips = [shrunk, shrunk[::-1], shrunk[:, ::-1], shrunk[::-1, ::-1]]
+    assert any(np.allclose(out, ref, atol=1e-4) for ref in shrunk_flips)
+    assert (out[0] == 0).all() and (out[:, -1] == 0).all()
+    zoomed = [fundus_augment(image, seed).numpy() for seed in seeds(5)]
+    assert all(z.shape == image.shape for z in zoomed)
+    assert len({z.tobytes() for z in zoomed}) == 5
+
+
+@pytest.mark.parametrize("op", [random_quarter_turn, random_scale_shift, exemplar_augment_2d,
+                                fundus_augment])
+def test_2d_ops_are_seeded_and_graph_safe(op, image):
+    eager = [op(image, seed).numpy() for seed in seeds(3)]
+    np.testing.assert_array_equal(op(image, seeds(3)[1]), eager[1])
+    assert len({e.tobytes() for e in eager}) > 1
+    ds = tf.data.Dataset.range(3).map(
+        lambda i: op(tf.constant(image), tf.stack([tf.cast(i, tf.int32), 17]))
+    )
+    assert ds.element_spec.shape == image.shape
+    for i, out in enumerate(ds):
+        np.testing.assert_allclose(out, eager[i], atol=1e-5)
