@@ -1,7 +1,7 @@
-"""Preprocessing of one case: foreground crop, resampling, intensity normalisation, pad/crop.
+"""Preprocessing of one case: foreground crop, resampling, resizing, normalisation, pad/crop.
 
 Order of the steps (each optional), for 3D `(D, H, W, C)` and 2D `(H, W, C)`
-alike, channel by channel:
+alike (photographs take the same path as volumes), channel by channel:
 
 1. foreground crop: the bounding box of the voxels where any channel is
    foreground (`!= 0`, or `> foreground_threshold`), grown by `crop_margin`
@@ -12,7 +12,11 @@ alike, channel by channel:
    cells (`grid_mode=True`) so the physical extent is kept; the output size is
    the rounded extent / target spacing, and the spacing actually reached is
    recorded.
-3. normalisation per channel:
+3. resizing to a fixed spatial shape `resize` (the old code's 128^3 volumes
+   and 224^2 fundus photographs), with the same interpolation and cell-centred
+   grid as 2., so the new voxels cover the same physical extent; the spacing
+   reached is recorded. `spacing` and `resize` may both be given.
+4. normalisation per channel:
    - `"zscore"`: `(x - mean) / std` with mean and std over the foreground
      (`!= 0` by default: the convention for skull-stripped MRI such as
      BraTS; all voxels when there is no foreground, or `zscore_foreground=
@@ -22,13 +26,25 @@ alike, channel by channel:
    - `"percentile"`: clip to the `percentiles` of the foreground, then z-score
      as above.
    - `"none"`.
-4. centre pad (with 0) or crop to `shape`.
+5. centre pad (with 0) or crop to `shape`.
 
 The affine is carried through every step, so the final voxel grid still maps
-to the scanner's world coordinates.
+to the scanner's world coordinates (and `ssl3d predict` resamples a prediction
+back onto the source file's grid through it).
+
+Before 2. and 3. the output shapes are computed, and a case whose resampled
+volume would exceed `max_voxels` is refused: a header with a voxel size of
+1e5 mm must fail at once instead of allocating gigabytes.
+
+Last, the **padding share** of the result is measured: the fraction of the
+final volume outside the bounding box of its foreground (`> foreground_threshold`
+in the units before normalisation when a threshold is set, else the voxels
+that are not exactly 0 after normalisation). Zero slabs along one axis give the
+rotation task its answer, so `prepare_dataset` warns above `max_padding_share`.
 """
 
 import dataclasses
+import math
 from typing import Literal
 
 import numpy as np
@@ -46,6 +62,9 @@ class PreprocessConfig:
 
     Args:
         spacing: target voxel size per spatial axis (mm), or None to keep.
+        resize: fixed spatial shape to resample the (cropped, resampled)
+            image to, e.g. `(128, 128, 128)` or `(224, 224)`; linear for
+            images, nearest for labels. None keeps the shape.
         normalize: `"zscore"`, `"minmax"`, `"ct"`, `"percentile"` or `"none"`.
         ct_window: (low, high) HU window of `"ct"`. Default (-1000, 1000);
             the pancreas CT of the paper is usually windowed (-100, 240).
@@ -55,11 +74,19 @@ class PreprocessConfig:
         crop_foreground: crop to the bounding box of the foreground first.
         crop_margin: voxels kept around the foreground box.
         foreground_threshold: foreground is `> threshold` when set (e.g. -500
-            for CT in HU), else `!= 0`.
+            for CT in HU: air is -1000, so `!= 0` would crop nothing), else
+            `!= 0`. Used by the crop and by the padding share.
         shape: final spatial shape (centre pad/crop), or None to keep.
+        max_voxels: the largest spatial voxel count a resample or resize may
+            produce; a larger one is a `DataError` before any memory is
+            taken. Default 512**3.
+        max_padding_share: share of a prepared volume that may be padding
+            (outside the foreground's bounding box) before `prepare_dataset`
+            warns, in [0, 1]. Default 0.5; 1 never warns.
     """
 
     spacing: tuple[float, ...] | None = None
+    resize: tuple[int, ...] | None = None
     normalize: Literal["zscore", "minmax", "ct", "percentile", "none"] = "zscore"
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -68,6 +95,8 @@ class PreprocessConfig:
     crop_margin: int = 0
     foreground_threshold: float | None = None
     shape: tuple[int, ...] | None = None
+    max_voxels: int = 512**3
+    max_padding_share: float = 0.5
 
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
@@ -80,10 +109,23 @@ class PreprocessConfig:
             self.spacing = tuple(float(s) for s in self.spacing)
             if not all(np.isfinite(s) and s > 0 for s in self.spacing):
                 raise ConfigError("spacing", f"must be positive numbers. Received: {self.spacing}")
-        if self.shape is not None:
-            self.shape = tuple(int(s) for s in self.shape)
-            if min(self.shape) < 1:
-                raise ConfigError("shape", f"must be positive integers. Received: {self.shape}")
+        for key in ("resize", "shape"):
+            value = getattr(self, key)
+            if value is not None:
+                value = tuple(int(s) for s in value)
+                if not value or min(value) < 1:
+                    raise ConfigError(key, f"must be positive integers. Received: {value}")
+                setattr(self, key, value)
+        if isinstance(self.max_voxels, bool) or int(self.max_voxels) < 1:
+            raise ConfigError("max_voxels", f"must be a positive integer. "
+                              f"Received: {self.max_voxels!r}")
+        self.max_voxels = int(self.max_voxels)
+        self.max_padding_share = float(self.max_padding_share)
+        if not 0 <= self.max_padding_share <= 1:
+            raise ConfigError("max_padding_share", f"must be in [0, 1]. "
+                              f"Received: {self.max_padding_share}")
+        if self.foreground_threshold is not None:
+            self.foreground_threshold = float(self.foreground_threshold)
         self.ct_window = tuple(float(v) for v in self.ct_window)
         if len(self.ct_window) != 2 or not self.ct_window[0] < self.ct_window[1]:
             raise ConfigError("ct_window", f"must be (low, high) with low < high. "
@@ -97,7 +139,7 @@ class PreprocessConfig:
             raise ConfigError("crop_margin", f"must be >= 0. Received: {self.crop_margin}")
 
 
-def preprocess(image, label, spacing, config, *, affine=None, case_id="case"):
+def preprocess(image, label, spacing, config, *, affine=None, case_id="case", source=None):
     """Preprocess one case.
 
     Args:
@@ -108,17 +150,20 @@ def preprocess(image, label, spacing, config, *, affine=None, case_id="case"):
         affine: optional `(4, 4)` voxel-to-world matrix of `image`, carried
             through (`info["affine"]`).
         case_id: named in error messages.
+        source: the file named when a resample is refused (default `case_id`).
 
     Returns:
         `(image, label, info)`: float32 `(*shape, C)`, int32 `(*shape)` or
         None, and a dict with `original_shape`, `final_shape`, `spacing`
-        (reached), `crop_box` (start, stop) or None, `pad_crop` per-axis
-        offsets, `normalization` (per-channel statistics), `affine` (when
-        given).
+        (reached), `crop_box` (start, stop) or None, `resize` (`from_shape`,
+        `to_shape`, `spacing` reached) or None, `pad_crop` per-axis offsets,
+        `normalization` (per-channel statistics), `padding_share`, `affine`
+        (when given).
 
     Raises:
-        DataError: image and label disagree in shape, or the spacing has the
-            wrong length for the image.
+        DataError: image and label disagree in shape, the spacing has the
+            wrong length for the image, or a resample or resize would exceed
+            `config.max_voxels`.
     """
     image = np.asarray(image, dtype=np.float32)
     dim = image.ndim - 1
@@ -129,7 +174,8 @@ def preprocess(image, label, spacing, config, *, affine=None, case_id="case"):
     if len(spacing) != dim:
         raise DataError(case_id, f"spacing has {len(spacing)} values for a {dim}D image. "
                         f"Received {spacing}")
-    for key, value in (("spacing", config.spacing), ("shape", config.shape)):
+    for key in ("spacing", "resize", "shape"):
+        value = getattr(config, key)
         if value is not None and len(value) != dim:
             raise ConfigError(key, f"has {len(value)} values but the data is {dim}D. "
                               f"Received: {value}")
@@ -140,7 +186,7 @@ def preprocess(image, label, spacing, config, *, affine=None, case_id="case"):
                             f"{image.shape[:-1]}, label {label.shape}")
         label = label.astype(np.int32)
     affine = None if affine is None else np.asarray(affine, dtype=np.float64).copy()
-    info = {"original_shape": list(image.shape), "crop_box": None}
+    info = {"original_shape": list(image.shape), "crop_box": None, "resize": None}
 
     if config.crop_foreground:
         start, stop = foreground_box(image, config.foreground_threshold, config.crop_margin)
@@ -150,22 +196,126 @@ def preprocess(image, label, spacing, config, *, affine=None, case_id="case"):
         affine = _shift(affine, start)
         info["crop_box"] = [list(start), list(stop)]
 
+    check_output_size(image.shape[:-1], spacing, config, source or case_id)
     if config.spacing is not None:
         image, label, spacing, affine = resample(image, label, spacing, config.spacing,
                                                  affine=affine)
+    if config.resize is not None:
+        before = list(image.shape[:-1])
+        image, label, spacing, affine = resize(image, label, spacing, config.resize,
+                                               affine=affine)
+        info["resize"] = {"from_shape": before, "to_shape": list(config.resize),
+                          "spacing": [float(s) for s in spacing]}
 
+    # The threshold is in the image's own units (HU), so the box is found before normalising.
+    box = (None if config.foreground_threshold is None
+           else foreground_extent(image, config.foreground_threshold))
     image, stats = normalize(image, config)
     info["normalization"] = stats
 
+    offsets = (0,) * dim
     if config.shape is not None:
         image, label, offsets = pad_or_crop(image, label, config.shape)
         affine = _shift(affine, offsets)
         info["pad_crop"] = list(offsets)
+    spatial = image.shape[:-1]
+    if config.foreground_threshold is None:
+        box = foreground_extent(image)
+    elif box is not None:
+        box = _clip_box([a - o for a, o in zip(box[0], offsets, strict=True)],
+                        [b - o for b, o in zip(box[1], offsets, strict=True)], spatial)
+    info["padding_share"] = padding_share(spatial, box)
     info["final_shape"] = list(image.shape)
     info["spacing"] = [float(s) for s in spacing]
     if affine is not None:
         info["affine"] = affine.tolist()
     return image.astype(np.float32), label, info
+
+
+def check_output_size(spatial, spacing, config, source="case"):
+    """Refuse a resample or resize whose output would exceed `config.max_voxels`.
+
+    Computed from the shapes alone, before any array is allocated.
+
+    Args:
+        spatial: spatial shape of the (cropped) image.
+        spacing: its voxel size per axis.
+        config: a `PreprocessConfig`.
+        source: the file or case named in the error.
+
+    Raises:
+        DataError: naming `source`, the step and the shape it would make.
+
+    Example:
+
+    >>> check_output_size((512, 512, 2), (1e5, 1.0, 1.0), PreprocessConfig(spacing=(1, 1, 1)))
+    Traceback (most recent call last):
+    ...
+    ssl3d_keras.errors.DataError: case: resampling to spacing (1.0, 1.0, 1.0) would make a
+    (51200000, 512, 2) volume (52,428,800,000 voxels), more than max_voxels=134,217,728; ...
+    """
+    spatial = tuple(int(n) for n in spatial)
+    planned = []
+    if config.spacing is not None:
+        planned.append((f"resampling to spacing {config.spacing}",
+                        spacing_shape(spatial, spacing, config.spacing)))
+    if config.resize is not None:
+        planned.append((f"resizing to {config.resize}", tuple(config.resize)))
+    for step, shape in planned:
+        count = math.prod(shape)
+        if count > config.max_voxels:
+            raise DataError(source, f"{step} would make a {shape} volume ({count:,} voxels), "
+                            f"more than max_voxels={config.max_voxels:,}; check the voxel size "
+                            f"in the file's header or raise max_voxels. Received spacing "
+                            f"{tuple(float(s) for s in spacing)}, shape {spatial}")
+
+
+def spacing_shape(spatial, spacing, target):
+    """Spatial shape after resampling to `target`: `max(1, round(n * spacing / target))`."""
+    return tuple(max(1, int(round(n * s / t)))
+                 for n, s, t in zip(spatial, spacing, target, strict=True))
+
+
+def foreground_extent(image, threshold=None):
+    """Bounding box `(start, stop)` of the foreground of any channel, or None if there is none.
+
+    Args:
+        image: `(*spatial, C)`.
+        threshold: foreground is `> threshold`, or `!= 0` when None.
+    """
+    mask = ((image != 0) if threshold is None else (image > threshold)).any(axis=-1)
+    if not mask.any():
+        return None
+    start, stop = [], []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        start.append(int(hits[0]))
+        stop.append(int(hits[-1]) + 1)
+    return tuple(start), tuple(stop)
+
+
+def padding_share(shape, box):
+    """Share of a grid of `shape` outside the box `(start, stop)`; 1.0 when `box` is None.
+
+    Example:
+
+    >>> padding_share((10, 10), ((0, 2), (10, 7)))  # columns 0, 1 and 7..9 are empty
+    0.5
+    """
+    total = math.prod(int(n) for n in shape)
+    if box is None or total == 0:
+        return 1.0
+    inside = math.prod(max(0, int(b) - int(a)) for a, b in zip(*box, strict=True))
+    return float(1.0 - inside / total)
+
+
+def _clip_box(start, stop, shape):
+    start = [min(max(a, 0), n) for a, n in zip(start, shape, strict=True)]
+    stop = [min(max(b, 0), n) for b, n in zip(stop, shape, strict=True)]
+    if any(b <= a for a, b in zip(start, stop, strict=True)):
+        return None  # the foreground was cropped away entirely
+    return tuple(start), tuple(stop)
 
 
 def foreground_box(image, threshold=None, margin=0):
@@ -180,18 +330,13 @@ def foreground_box(image, threshold=None, margin=0):
         `(start, stop)` tuples of ints; the whole image when there is no
         foreground.
     """
-    mask = (image != 0) if threshold is None else (image > threshold)
-    mask = mask.any(axis=-1)
-    spatial = mask.shape
-    if not mask.any():
+    spatial = image.shape[:-1]
+    box = foreground_extent(image, threshold)
+    if box is None:
         return (0,) * len(spatial), tuple(spatial)
-    start, stop = [], []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        start.append(max(int(hits[0]) - margin, 0))
-        stop.append(min(int(hits[-1]) + 1 + margin, spatial[axis]))
-    return tuple(start), tuple(stop)
+    start = tuple(max(a - margin, 0) for a in box[0])
+    stop = tuple(min(b + margin, n) for b, n in zip(box[1], spatial, strict=True))
+    return start, stop
 
 
 def resample(image, label, spacing, target, *, affine=None):
@@ -208,9 +353,42 @@ def resample(image, label, spacing, target, *, affine=None):
         `(image, label, spacing_reached, affine)`; the new size of an axis is
         `max(1, round(n * spacing / target))`.
     """
+    new_shape = spacing_shape(image.shape[:-1], spacing, target)
+    return resize(image, label, spacing, new_shape, affine=affine)
+
+
+def resize(image, label, spacing, shape, *, affine=None):
+    """Resample to a fixed spatial shape (linear image, nearest label), per channel.
+
+    Voxels are cells (`grid_mode=True`): the new grid covers the same physical
+    extent, so the spacing grows by `n / m` on an axis resized from n to m
+    voxels, and the affine is updated to match.
+
+    Args:
+        image: `(*spatial, C)`.
+        label: `(*spatial)` or None.
+        spacing: current voxel size per axis.
+        shape: wanted spatial shape.
+        affine: optional `(4, 4)` matrix, updated for the new grid.
+
+    Input shape:
+        `image`: `(D, H, W, C)` or `(H, W, C)`.
+
+    Output shape:
+        `image`: `(*shape, C)`; `label`: `shape`.
+
+    Returns:
+        `(image, label, spacing_reached, affine)`.
+
+    Example:
+
+    >>> image = np.arange(4, dtype=np.float32).reshape(4, 1, 1)  # (H, W, C), 1 mm cells
+    >>> out, _, spacing, _ = resize(image, None, (1.0, 1.0), (2, 1))
+    >>> out[:, 0, 0].tolist(), spacing
+    ([0.5, 2.5], (2.0, 1.0))
+    """
     spatial = image.shape[:-1]
-    new_shape = tuple(max(1, int(round(n * s / t)))
-                      for n, s, t in zip(spatial, spacing, target, strict=True))
+    new_shape = tuple(int(m) for m in shape)
     if new_shape == tuple(spatial):
         return image, label, tuple(spacing), affine
     factors = [m / n for m, n in zip(new_shape, spatial, strict=True)]

@@ -3,13 +3,16 @@
 import numpy as np
 import pytest
 
+from ssl3d_keras.data import preprocess as preprocess_module
 from ssl3d_keras.data.preprocess import (
     PreprocessConfig,
     foreground_box,
     normalize,
     pad_or_crop,
+    padding_share,
     preprocess,
     resample,
+    resize,
 )
 from ssl3d_keras.errors import ConfigError, DataError
 
@@ -139,3 +142,140 @@ def test_mismatch_and_config_errors():
         PreprocessConfig(ct_window=(240, -100))
     with pytest.raises(ConfigError, match="spacing"):
         PreprocessConfig(spacing=(1.0, 0.0, 1.0))
+
+
+def _corners(affine, shape):
+    """World coordinates of the outer corners of a grid of cells (voxel -0.5 and n - 0.5)."""
+    lo = affine @ [*(-0.5 for _ in shape), 1]
+    hi = affine @ [*(n - 0.5 for n in shape), 1]
+    return lo[:3], hi[:3]
+
+
+def test_resize_linear_hand_case_and_same_physical_extent():
+    # Four 1 mm cells 0, 10, 20, 30 -> two 2 mm cells at old coordinates 0.5 and 2.5.
+    image = (np.arange(4, dtype=np.float32) * 10).reshape(4, 1, 1, 1)
+    affine = np.array([[0.0, 0, -3.0, 7.0], [1.0, 0, 0, -2.0], [0, 2.0, 0, 4.0], [0, 0, 0, 1]])
+    out, _, spacing, new_affine = resize(image, None, (1.0, 2.0, 3.0), (2, 3, 1), affine=affine)
+    assert out.shape == (2, 3, 1, 1)
+    np.testing.assert_allclose(out[:, 0, 0, 0], [5.0, 25.0], atol=1e-5)
+    np.testing.assert_allclose(out[:, 1, 0, 0], out[:, 0, 0, 0])  # upsampled constant axis
+    assert spacing == pytest.approx((2.0, 2.0 / 3.0, 3.0))
+    for before, after in zip(_corners(affine, (4, 1, 1)), _corners(new_affine, (2, 3, 1)),
+                             strict=True):
+        np.testing.assert_allclose(after, before, atol=1e-12)
+    # New voxel j is old voxel (j + 0.5) * step - 0.5: steps 2, 1/3 and 1.
+    np.testing.assert_allclose(new_affine @ [1, 0, 0, 1], affine @ [2.5, -1 / 3, 0, 1])
+
+
+def test_resize_labels_nearest_and_2d_rgb(rng):
+    label = rng.integers(0, 4, size=(6, 9)).astype(np.int32)
+    image = rng.normal(size=(6, 9, 3)).astype(np.float32)
+    out, lab, spacing, _ = resize(image, label, (1.0, 1.0), (12, 3))
+    assert out.shape == (12, 3, 3) and lab.shape == (12, 3)
+    # Nearest, cell-centred: new (i, j) takes old (i // 2, 3 * j + 1).
+    np.testing.assert_array_equal(lab, label[np.arange(12) // 2][:, [1, 4, 7]])
+    assert spacing == (0.5, 3.0)
+    # Channels are resized one by one: a channel that is constant stays so.
+    image[..., 1] = 7.0
+    out, _, _, _ = resize(image, None, (1.0, 1.0), (5, 4))
+    np.testing.assert_allclose(out[..., 1], 7.0, atol=1e-5)
+
+
+def test_preprocess_order_crop_spacing_resize_normalise_pad(rng):
+    image = np.zeros((20, 20, 20, 1), np.float32)
+    image[2:18, 4:16, 5:15] = rng.normal(100, 5, size=(16, 12, 10, 1))
+    label = (image[..., 0] != 0).astype(np.int32)
+    cfg = PreprocessConfig(crop_foreground=True, spacing=(2.0, 2.0, 2.0), resize=(6, 6, 6),
+                           shape=(8, 6, 4))
+    out, lab, info = preprocess(image, label, (1.0, 1.0, 1.0), cfg, affine=np.eye(4))
+    assert info["crop_box"] == [[2, 4, 5], [18, 16, 15]]
+    # The resize starts from the resampled crop: (16, 12, 10) mm at 2 mm.
+    assert info["resize"] == {"from_shape": [8, 6, 5], "to_shape": [6, 6, 6],
+                              "spacing": pytest.approx([16 / 6, 2.0, 10 / 6])}
+    assert info["spacing"] == pytest.approx([16 / 6, 2.0, 10 / 6])
+    assert out.shape == (8, 6, 4, 1) and lab.shape == (8, 6, 4)
+    assert info["pad_crop"] == [-1, 0, 1]
+    # Normalised on the resized 6^3 grid, then padded (the padded slabs are exactly 0).
+    assert info["normalization"][0]["foreground_voxels"] == 6 ** 3
+    np.testing.assert_array_equal(out[[0, -1]], 0.0)
+    assert np.all(out[1:-1] != 0)
+    # The whole chain is in the affine: output voxel 0's centre in world mm.
+    step = np.array([16 / 6, 2.0, 10 / 6])
+    expected = np.array([2, 4, 5]) - 0.5 + step / 2 + np.array([-1, 0, 1]) * step
+    np.testing.assert_allclose(np.asarray(info["affine"])[:3, 3], expected, atol=1e-9)
+    assert preprocess(image, None, (1, 1, 1), PreprocessConfig())[2]["resize"] is None
+
+
+def test_output_size_cap_fails_before_any_allocation(monkeypatch):
+    calls = []
+    monkeypatch.setattr(preprocess_module.ndimage, "zoom", lambda *a, **k: calls.append(1))
+    image = np.ones((4, 4, 2, 1), np.float32)
+    with pytest.raises(DataError, match=r"^/data/huge.nii.gz: resampling to spacing \(1.0, 1.0, "
+                       r"1.0\) would make a \(400000, 4, 2\) volume \(3,200,000 voxels\), "
+                       r"more than max_voxels=1,000,000"):
+        preprocess(image, None, (1e5, 1.0, 1.0), PreprocessConfig(spacing=(1, 1, 1),
+                   max_voxels=10**6), case_id="huge", source="/data/huge.nii.gz")
+    with pytest.raises(DataError, match=r"^huge: resizing to \(100, 100, 101\) would make"):
+        preprocess(image, None, (1, 1, 1), PreprocessConfig(resize=(100, 100, 101),
+                   max_voxels=10**6), case_id="huge")
+    # The default cap is 512**3: the pixdim-1e5 header fails with it too.
+    with pytest.raises(DataError, match="max_voxels=134,217,728"):
+        preprocess(np.ones((64, 64, 2, 1), np.float32), None, (1e5, 1, 1),
+                   PreprocessConfig(spacing=(1, 1, 1)))
+    assert calls == []
+    out, _, _ = preprocess(image, None, (1, 1, 1), PreprocessConfig(resize=(4, 4, 2),
+                           max_voxels=32))  # exactly at the cap, and no resampling needed
+    assert out.shape == (4, 4, 2, 1)
+
+
+def _reference_share(mask):
+    """Share outside the bounding box of `mask`, by numpy (1.0 when empty)."""
+    hits = np.argwhere(mask)
+    if len(hits) == 0:
+        return 1.0
+    extent = hits.max(0) - hits.min(0) + 1
+    return 1.0 - np.prod(extent) / mask.size
+
+
+def test_padding_share_with_and_without_threshold(rng):
+    # CT in HU: air -1000 everywhere, a body of rows 2..7 along axis 0 only.
+    ct = np.full((10, 6, 6, 1), -1000.0, np.float32)
+    ct[2:8] = rng.normal(40, 10, size=(6, 6, 6, 1))
+    cfg = PreprocessConfig(normalize="ct", ct_window=(-100, 240), foreground_threshold=-500)
+    _, _, info = preprocess(ct, None, (1, 1, 1), cfg)
+    assert info["padding_share"] == pytest.approx(0.4)
+    # Padding to 12 rows: the box moves with the offsets, 6 of 12 rows are body.
+    _, _, info = preprocess(ct, None, (1, 1, 1), dataclasses_replace(cfg, shape=(12, 6, 6)))
+    assert info["padding_share"] == pytest.approx(0.5)
+    # Without a threshold the zeros after normalisation count (the ct window maps air to 0).
+    out, _, info = preprocess(ct, None, (1, 1, 1), dataclasses_replace(
+        cfg, foreground_threshold=None, shape=(12, 8, 6)))
+    assert info["padding_share"] == pytest.approx(_reference_share(out[..., 0] != 0))
+    assert info["padding_share"] == pytest.approx(1 - (6 * 6 * 6) / (12 * 8 * 6))
+    # A crop to the threshold's box leaves no padding.
+    _, _, info = preprocess(ct, None, (1, 1, 1), dataclasses_replace(cfg, crop_foreground=True))
+    assert info["padding_share"] == 0.0
+    # Nothing above the threshold: all padding.
+    _, _, info = preprocess(ct, None, (1, 1, 1), dataclasses_replace(cfg, foreground_threshold=500))
+    assert info["padding_share"] == 1.0
+    for _ in range(5):
+        mask = np.zeros((7, 5, 6), bool)
+        mask[tuple(rng.integers(0, n, size=3) for n in mask.shape)] = True
+        box = preprocess_module.foreground_extent(mask[..., None].astype(np.float32))
+        assert padding_share(mask.shape, box) == pytest.approx(_reference_share(mask))
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_new_options_are_checked():
+    for key, kwargs in (("resize", {"resize": (4, 0, 4)}), ("max_voxels", {"max_voxels": 0}),
+                        ("max_padding_share", {"max_padding_share": 1.5})):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            PreprocessConfig(**kwargs)
+    with pytest.raises(ConfigError, match="'resize'.*2 values but the data is 3D"):
+        preprocess(np.zeros((4, 4, 4, 1)), None, (1, 1, 1), PreprocessConfig(resize=(4, 4)))
+    assert PreprocessConfig(resize=[4.0, 5, 6]).resize == (4, 5, 6)
