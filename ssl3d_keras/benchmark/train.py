@@ -34,6 +34,31 @@ def _batch(task, batch_size, seed=0):
     return tf.nest.map_structure(lambda *xs: tf.stack(xs), *examples)
 
 
+def build_training_step(*, task="rotation", size=32, batch_size=2, precision="float32",
+                        jit_compile=False, encoder=None, task_config=None, dim=3, channels=1,
+                        total_steps=100):
+    """The pretraining loop's step for a task, with one fixed batch to feed it.
+
+    Args: as `measure_training`; `total_steps` sizes the optimiser's schedule.
+
+    Returns:
+        `(task_model, step, batch)`: `step(batch)` runs one optimisation step
+        (forward, backward, update) and returns a dict with `loss`.
+    """
+    from ssl3d_keras import tasks
+
+    precision = resolve_precision(precision)
+    encoder = dict(BENCHMARK_ENCODER if encoder is None else encoder)
+    random.seed(0)  # initial weights, without touching TensorFlow's global seed
+    with dtype_policy(precision):
+        model = tasks.get(task, input_shape=(size,) * dim + (channels,), encoder=encoder,
+                          **(task_config or {})).build_from_example()
+        optimizer = make_optimizer(OptimizerConfig(), total_steps, precision)
+    strategy = tf.distribute.get_strategy()
+    step = make_train_step(model, optimizer, strategy, jit_compile=jit_compile)
+    return model, step, _batch(model, batch_size)
+
+
 def measure_training(*, task="rotation", size=32, batch_size=2, steps=10, precision="float32",
                      jit_compile=False, encoder=None, task_config=None, dim=3, channels=1,
                      warmup=2):
@@ -58,18 +83,12 @@ def measure_training(*, task="rotation", size=32, batch_size=2, steps=10, precis
         time), `mean_step_sec`, `min_step_sec`, `first_step_sec` (tracing and
         compilation), the parameter count and the settings.
     """
-    from ssl3d_keras import tasks
-
     precision = resolve_precision(precision)
     encoder = dict(BENCHMARK_ENCODER if encoder is None else encoder)
-    random.seed(0)  # initial weights, without touching TensorFlow's global seed
-    with dtype_policy(precision):
-        model = tasks.get(task, input_shape=(size,) * dim + (channels,), encoder=encoder,
-                          **(task_config or {})).build_from_example()
-        optimizer = make_optimizer(OptimizerConfig(), steps + warmup, precision)
-    strategy = tf.distribute.get_strategy()
-    step = make_train_step(model, optimizer, strategy, jit_compile=jit_compile)
-    batch = _batch(model, batch_size)
+    model, step, batch = build_training_step(
+        task=task, size=size, batch_size=batch_size, precision=precision,
+        jit_compile=jit_compile, encoder=encoder, task_config=task_config, dim=dim,
+        channels=channels, total_steps=steps + warmup)
 
     started = time.perf_counter()
     float(step(batch)["loss"])

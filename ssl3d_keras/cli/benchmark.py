@@ -83,8 +83,10 @@ def benchmark(ctx, suite, out_json, n_volumes, size, crop, batch_size, steps, re
 
 def _add_subcommands():
     from ssl3d_keras.cli.data_efficiency import data_efficiency
+    from ssl3d_keras.cli.speed import speed
 
     benchmark.add_command(data_efficiency)
+    benchmark.add_command(speed)
 
 
 _add_subcommands()
