@@ -27,10 +27,11 @@ def _parse_numbers(name, text, kind):
               help="Output folder for the shards and manifest.json.")
 @click.option("--layout", default="auto", show_default=True,
               type=click.Choice(["auto", "folder", "decathlon", "brats", "csv", "images2d",
-                                 "slices"]),
+                                 "dicom", "slices"]),
               help="Dataset layout. auto: dataset.json -> decathlon, case folders with "
                    "<case>_seg/<case>_flair files -> brats, a CSV -> csv (column 'image') or images2d "
-                   "(column 'id_code'), PNG/JPEG -> images2d, NIfTI files -> folder.")
+                   "(column 'id_code'), DICOM files (and no NIfTI) -> dicom (one case per series), "
+                   "PNG/JPEG -> images2d, NIfTI files -> folder.")
 @click.option("--spacing", default=None, metavar="MM[,MM[,MM]]",
               help="Target voxel size in mm: '1,1,1', or one value for all axes. "
                    "Default: keep each case's spacing.")

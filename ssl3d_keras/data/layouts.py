@@ -20,6 +20,14 @@ Layouts (`discover(path, layout=...)`):
   `<id_code>.png|.jpg|.jpeg` sit next to the CSV or one folder below it. The
   grade becomes `Case.grade`. Images are `(H, W, C)`, C = 3 (RGB) unless the
   first image of the dataset is greyscale, then C = 1.
+- `"dicom"`: DICOM series, one series (SeriesInstanceUID) per case, read
+  with pydicom (`ssl3d_keras.data.dicom`). A folder holding one series is
+  named after the folder (`PT01/CT_ABDOMEN`); a folder mixing several series
+  gives one case per series, named
+  `<folder>/<PatientID>_s<SeriesNumber>_<SeriesDescription>` (sanitised to
+  `A-Z a-z 0-9 . _ -`). Files named `*.dcm`, `*.dicom`, `*.ima`, without a
+  suffix or with a numeric one (UID names) are read; other files and
+  `DICOMDIR` are ignored. Single channel, no labels.
 - `"slices"`: the 2D slices of any 3D layout along `slice_axis` of the
   canonical RAS volume (the paper's 2D-slice baseline). The id of slice 40
   along axis 2 of `case_012` is `"case_012/z040"`.
@@ -27,7 +35,8 @@ Layouts (`discover(path, layout=...)`):
 `"auto"` picks: `dataset.json` -> decathlon; sub-folders with `<folder>_seg`
 or `<folder>_flair` files -> brats (checked before CSVs because BraTS ships
 CSV side tables); a `.csv` with an `image` column -> csv, with `id_code` ->
-images2d; PNG/JPEG files -> images2d; NIfTI files -> folder.
+images2d; files with the DICOM preamble and no NIfTI files -> dicom; PNG/JPEG
+files -> images2d; NIfTI files -> folder.
 
 Example:
 
@@ -45,9 +54,10 @@ import os
 from pathlib import Path
 
 from ssl3d_keras.config import closest
-from ssl3d_keras.data import nifti
+from ssl3d_keras.data import dicom, nifti
 from ssl3d_keras.data.sources import (
     Case,
+    DicomSource,
     Images2DSource,
     SliceSource,
     VolumeSource,
@@ -58,7 +68,7 @@ from ssl3d_keras.errors import ConfigError, DataError
 __all__ = ["BRATS_LABELS", "BRATS_MODALITIES", "IMAGE_SUFFIXES", "LAYOUTS", "NIFTI_SUFFIXES",
            "detect_layout", "discover"]
 
-LAYOUTS = ("folder", "decathlon", "brats", "csv", "images2d", "slices")
+LAYOUTS = ("folder", "decathlon", "brats", "csv", "images2d", "dicom", "slices")
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABELS = {0: "background", 1: "necrotic and non-enhancing tumour core",
                 2: "peritumoral edema", 3: "enhancing tumour"}
@@ -101,7 +111,7 @@ def discover(path, *, layout="auto", modalities=None, slice_axis=None, four_d="c
     if layout == "auto":
         layout = detect_layout(root)
     builders = {"folder": _folder, "decathlon": _decathlon, "brats": _brats, "csv": _csv,
-                "images2d": _images2d}
+                "images2d": _images2d, "dicom": _dicom}
     if modalities is not None and layout != "brats":
         raise ConfigError("modalities", f"only applies to the brats layout. Received layout "
                           f"{layout!r} with modalities={modalities!r}")
@@ -148,12 +158,15 @@ def detect_layout(root):
                             f"{[p.name for p in csvs]}")
         return _csv_kind(csvs[0])
     files = [p for p in root.rglob("*") if p.is_file()]
+    if (not any(p.name.lower().endswith(NIFTI_SUFFIXES) for p in files)
+            and any(dicom.is_dicom_candidate(p) and dicom.has_dicom_preamble(p) for p in files)):
+        return "dicom"
     if any(p.name.lower().endswith(IMAGE_SUFFIXES) for p in files):
         return "images2d"
     if any(p.name.lower().endswith(NIFTI_SUFFIXES) for p in files):
         return "folder"
     raise DataError(root, "unknown dataset layout: no dataset.json, BraTS case folders, CSV, "
-                    "PNG/JPEG or NIfTI files found")
+                    "DICOM, PNG/JPEG or NIfTI files found")
 
 
 def _strip_suffix(name):
@@ -373,11 +386,18 @@ def _images2d(root):
     return Images2DSource(root, cases, names)
 
 
+def _dicom(root):
+    if root.is_file():
+        raise DataError(root, "the dicom layout needs a folder of DICOM series")
+    return DicomSource(root, [Case(cid, files) for cid, files in dicom.find_series(root)])
+
+
 def _slices(source, axis):
     cases, parents = [], {}
     for case in source.cases:
         try:
-            shape, _ = nifti.read_header_shape(case.images[0])
+            shape = (dicom.read_series_shape(case.images) if source.layout == "dicom"
+                     else nifti.read_header_shape(case.images[0])[0])
         except DataError:
             # An unreadable volume still gets a case, so it shows up as skipped, not vanished.
             shape = (1, 1, 1)

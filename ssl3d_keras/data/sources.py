@@ -1,8 +1,8 @@
 """The cases of a dataset: what a case is, how each kind of source loads one, splits.
 
 `ssl3d_keras.data.layouts.discover(path)` reads a folder in one of the known
-layouts (NIfTI folder, Decathlon, BraTS, CSV, 2D images, 2D slices of any of
-them) into one of the sources defined here: a sorted list of `Case` and a
+layouts (NIfTI folder, Decathlon, BraTS, CSV, DICOM series, 2D images, 2D
+slices of any of them) into one of the sources defined here: a sorted list of `Case` and a
 `load(case)` that returns a `LoadedCase`. `discover`, `detect_layout` and the
 layout constants are still importable from this module.
 
@@ -20,10 +20,10 @@ import os
 
 import numpy as np
 
-from ssl3d_keras.data import nifti
+from ssl3d_keras.data import dicom, nifti
 from ssl3d_keras.errors import ConfigError, DataError
 
-__all__ = ["Case", "DatasetSource", "Images2DSource", "LoadedCase", "SliceSource", "VolumeSource", "slice_case_id", "split_cases"]
+__all__ = ["Case", "DatasetSource", "DicomSource", "Images2DSource", "LoadedCase", "SliceSource", "VolumeSource", "slice_case_id", "split_cases"]
 
 # Names that moved to `ssl3d_keras.data.layouts`, still importable from here.
 _MOVED = ("BRATS_LABELS", "BRATS_MODALITIES", "IMAGE_SUFFIXES", "LAYOUTS", "NIFTI_SUFFIXES",
@@ -157,6 +157,23 @@ class VolumeSource(DatasetSource):
                                          self.label_names)
         sources = tuple(case.images) + ((case.label,) if case.label else ())
         return LoadedCase(image, label, first.affine, first.spacing, case.case_id, sources)
+
+
+class DicomSource(DatasetSource):
+    """3D cases stored as DICOM series (layout `"dicom"`): one series per case.
+
+    `Case.images` holds every file of the series; `load` reads them with
+    `ssl3d_keras.data.dicom.load_series` (sorted along the slice normal,
+    rescaled, canonical RAS). Single channel `("image",)`, no labels.
+    """
+
+    def __init__(self, root, cases):
+        super().__init__("dicom", root, cases, ("image",), None, dim=3)
+
+    def load(self, case):
+        vol = dicom.load_series(case.images)
+        return LoadedCase(vol.array, None, vol.affine, vol.spacing, case.case_id,
+                          tuple(case.images))
 
 
 class Images2DSource(DatasetSource):
