@@ -42,3 +42,118 @@ def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # readable by the group, as open() would make it
+
+
+# Folder swaps: whole or not at all, recoverable after a kill between the two renames.
+
+from ssl3d_keras.atomic import (  # noqa: E402
+    FolderBusyError,
+    atomic_dir,
+    folder_lock,
+    has_leftovers,
+    recover_dir,
+    replace_dir,
+)
+
+
+def _folder(path, text):
+    path.mkdir(parents=True)
+    (path / "file.txt").write_text(text)
+    return path
+
+
+def test_atomic_dir_replaces_a_folder_and_leaves_nothing_beside_it(tmp_path):
+    _folder(tmp_path / "preset", "old")
+    with atomic_dir(tmp_path / "preset") as tmp:
+        assert tmp.name == "preset" and tmp.parent.name.startswith(".preset.new-")
+        (tmp / "file.txt").write_text("new")
+        assert (tmp_path / "preset" / "file.txt").read_text() == "old"  # old visible while writing
+    assert (tmp_path / "preset" / "file.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["preset"]  # no .old-*, .new-*, lock
+
+
+def test_a_failed_block_keeps_the_old_folder(tmp_path):
+    _folder(tmp_path / "preset", "old")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "preset") as tmp:
+        (tmp / "file.txt").write_text("half")
+        raise RuntimeError("failed mid-write")
+    assert (tmp_path / "preset" / "file.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["preset"]
+
+
+def _killed_between_renames(tmp_path):
+    """The state a SIGKILL between the two renames of a swap leaves: OUT set aside, a new build."""
+    out = tmp_path / "out"
+    _folder(tmp_path / ".out.old-0123abcd" / "out", "old")
+    _folder(tmp_path / ".out.new-89abcdef" / "out", "new, maybe partial")
+    return out
+
+
+def test_recover_puts_the_old_folder_back_after_a_kill_between_renames(tmp_path):
+    out = _killed_between_renames(tmp_path)
+    _folder(tmp_path / "out-2", "a neighbour")  # similar names are not leftovers of `out`
+    _folder(tmp_path / ".out-2.new-00000000", "a neighbour's build")
+    assert has_leftovers(out) and not out.exists()
+    assert recover_dir(out) is True
+    assert (out / "file.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out-2.new-00000000", "out", "out-2"]
+    assert not has_leftovers(out) and recover_dir(out) is False
+
+
+def test_recover_removes_leftovers_when_the_folder_is_there(tmp_path):
+    _folder(tmp_path / "out", "new")  # killed after the second rename, before the clean-up
+    _folder(tmp_path / ".out.old-0123abcd" / "out", "old")
+    assert recover_dir(tmp_path / "out") is False
+    assert (tmp_path / "out" / "file.txt").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_next_writer_recovers_first(tmp_path):
+    out = _killed_between_renames(tmp_path)
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "file.txt").write_text("third")
+        raise RuntimeError
+    assert (out / "file.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_replace_dir_undoes_the_first_rename_if_the_second_fails(tmp_path, monkeypatch):
+    import os
+
+    _folder(tmp_path / "dst", "old")
+    _folder(tmp_path / "src", "new")
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        replace_dir(tmp_path / "src", tmp_path / "dst")
+    monkeypatch.undo()
+    assert (tmp_path / "dst" / "file.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_folder_lock_refuses_a_second_writer_naming_it(tmp_path):
+    import os
+
+    with folder_lock(tmp_path / "out"):
+        assert (tmp_path / ".out.lock").read_text() == str(os.getpid())
+        # flock locks belong to the open file, so a second open in this process is refused too.
+        with pytest.raises(FolderBusyError, match=rf"pid {os.getpid()}"), \
+                folder_lock(tmp_path / "out", blocking=False):
+            pass
+        with pytest.raises(FolderBusyError), atomic_dir(tmp_path / "out", blocking=False):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_left_by_a_killed_writer_does_not_block(tmp_path):
+    (tmp_path / ".out.lock").write_text("999999")
+    with atomic_dir(tmp_path / "out", blocking=False) as tmp:
+        (tmp / "file.txt").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -4,12 +4,20 @@
 OUT/preset/        Keras preset: config.json, model.weights.h5, metadata.json
 OUT/savedmodel/    TF Serving + reusable TF Hub SavedModel
 OUT/hub.tar.gz     the SavedModel's files at the archive root (Kaggle Models)
+OUT/export.json    written last: the run and checkpoint, every file's sha256
 ```
+
+The whole of `OUT` is built beside it and swapped in at once, so `OUT` holds
+the old export or the complete new one, never parts of two.
 """
 
+import re
 from pathlib import Path
 
+from ssl3d_keras.atomic import FolderBusyError, atomic_dir
+from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError, Ssl3dError
+from ssl3d_keras.export import marker as marker_lib
 from ssl3d_keras.export import metadata as metadata_lib
 from ssl3d_keras.export.archive import write_tar_gz
 from ssl3d_keras.export.preset import save_preset
@@ -19,6 +27,9 @@ __all__ = ["FORMATS", "data_facts", "export_encoder", "export_run", "resolve_for
 
 FORMATS = ("preset", "savedmodel", "hub")
 PRESET_DIR, SAVEDMODEL_DIR, HUB_ARCHIVE = "preset", "savedmodel", "hub.tar.gz"
+# What an export folder may hold: its parts, and the temp names older versions left in it.
+_EXPORT_ENTRY = re.compile(r"preset|savedmodel|hub\.tar\.gz|export\.json"
+                           r"|\.old-.*|\.(preset|savedmodel)[-.].*|\.(hub\.tar\.gz|export\.json)\..*")
 
 
 def resolve_formats(formats):
@@ -38,42 +49,77 @@ def resolve_formats(formats):
 
 
 def export_encoder(encoder, out_dir, *, formats="all", task=None, config=None, summary=None,
-                   data=None):
-    """Write `encoder` in the chosen formats under `out_dir`.
+                   data=None, source=None):
+    """Write `encoder` in the chosen formats as the export folder `out_dir`.
 
-    Each part is written atomically (temp folder, then `os.replace`). The hub
-    archive is packed from the SavedModel (written first if not asked for).
+    The folder is built beside `out_dir`, completed with `export.json` and
+    swapped in whole, replacing an earlier export there (all of it: formats not
+    asked for this time are gone, so no part outlives its checkpoint). The hub
+    archive is packed from the SavedModel, which is written with it.
 
     Args:
         encoder: a built functional `keras.Model` `(batch, *spatial, C)` -> features.
-        out_dir: output folder.
+        out_dir: output folder; it must be missing, empty or an earlier export.
         formats: `"all"`, `"preset"`, `"savedmodel"`, `"hub"` or a list of them.
         task, config, summary, data: pretraining facts for the metadata
             (see `ssl3d_keras.export.metadata.build_metadata`).
+        source: JSON-ready dict naming what was exported (e.g. run and checkpoint),
+            kept in `export.json`.
 
     Returns:
         dict `{format: path}` of what was written, plus `"metadata"`.
+
+    Raises:
+        ExportError: `out_dir` holds files that are not an export's, another
+            process is exporting into it, or writing failed (the earlier export
+            is then left as it was).
     """
     formats = resolve_formats(formats)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    given, out_dir = Path(out_dir), Path(out_dir).absolute()
+    _check_replaceable(out_dir)
     meta_kwargs = {"task": task, "config": config, "summary": summary, "data": data}
-    written = {}
+    try:
+        with atomic_dir(out_dir, blocking=False) as build:
+            meta = _write_parts(encoder, build, formats, meta_kwargs)
+            marker_lib.write_marker(build, formats=formats, source=source)
+    except FolderBusyError as e:
+        raise ExportError(f"{e.strerror}; wait for that export to finish or choose another "
+                          "output folder") from None
+    except OSError as e:
+        raise ExportError(f"{out_dir}: writing the export failed ({e}); an earlier export "
+                          "there is unchanged") from None
+    written = {"preset": str(given / PRESET_DIR), "savedmodel": str(given / SAVEDMODEL_DIR),
+               "hub": str(given / HUB_ARCHIVE)}
+    written = {kind: path for kind, path in written.items() if kind in formats}
+    written["metadata"] = meta
+    return written
+
+
+def _check_replaceable(out_dir):
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: the export folder is a file")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _EXPORT_ENTRY.fullmatch(p.name))
+    if foreign:
+        raise ExportError(f"{out_dir}: holds files that are not part of an export, which "
+                          f"replacing it would delete: {foreign[:5]}; choose a new or empty "
+                          "folder, or an earlier export")
+
+
+def _write_parts(encoder, build, formats, meta_kwargs):
+    """Write the parts into the build folder; returns the metadata."""
     meta = None
     if "preset" in formats:
-        meta = save_preset(encoder, out_dir / PRESET_DIR, **meta_kwargs)
-        written["preset"] = str(out_dir / PRESET_DIR)
+        meta = save_preset(encoder, build / PRESET_DIR, **meta_kwargs)
     if meta is None:
         meta = metadata_lib.build_metadata(encoder, **meta_kwargs)
     if "savedmodel" in formats or "hub" in formats:
-        savedmodel = out_dir / SAVEDMODEL_DIR
+        savedmodel = build / SAVEDMODEL_DIR
         save_savedmodel(encoder, savedmodel, metadata=meta)
-        if "savedmodel" in formats:
-            written["savedmodel"] = str(savedmodel)
         if "hub" in formats:
-            written["hub"] = str(write_tar_gz(savedmodel, out_dir / HUB_ARCHIVE))
-    written["metadata"] = meta
-    return written
+            write_tar_gz(savedmodel, build / HUB_ARCHIVE)
+    return meta
 
 
 def data_facts(config):
@@ -150,7 +196,35 @@ def export_run(run_dir, out_dir, *, formats="all", checkpoint=None, data=None):
         summary = {**summary, "steps": _checkpoint_step(checkpoint), "final_loss": None,
                    "final_accuracy": None}
     return export_encoder(task.encoder, out_dir, formats=formats, task=task, config=config,
-                          summary=summary, data=facts)
+                          summary=summary, data=facts,
+                          source=checkpoint_source(run_dir, checkpoint))
+
+
+def checkpoint_source(run_dir, checkpoint=None):
+    """`{"run", "checkpoint", "checkpoint_sha256"}`: which checkpoint of which run an export holds.
+
+    `checkpoint` is resolved as `load_run` resolves it; the sha256 is that of
+    the checkpoint's `.index` file (None if it cannot be read).
+    """
+    import tensorflow as tf
+
+    from ssl3d_keras.training.rundir import RunDir
+
+    paths = RunDir(run_dir)
+    if checkpoint == "best":
+        from ssl3d_keras.training.run import best_checkpoint
+
+        prefix = best_checkpoint(run_dir)[0]
+    elif isinstance(checkpoint, int):
+        prefix = paths.checkpoint(checkpoint)
+    elif checkpoint is None:
+        prefix = tf.train.latest_checkpoint(str(paths.checkpoints))
+    else:
+        prefix = checkpoint
+    index = Path(f"{prefix}.index") if prefix else None
+    return {"run": str(Path(run_dir).absolute()),
+            "checkpoint": Path(prefix).name if prefix else None,
+            "checkpoint_sha256": sha256_file(index) if index and index.is_file() else None}
 
 
 def _checkpoint_step(checkpoint):

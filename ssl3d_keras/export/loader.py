@@ -1,7 +1,7 @@
 """`load_encoder(handle)`: one entry point for every kind of export on disk or on the web.
 
 A handle is a preset folder, an export folder (with `preset/` or
-`savedmodel/`), a SavedModel folder, a `.tar.gz`, or an `http(s)` URL with a
+`savedmodel/`, checked against its `export.json`), a SavedModel folder, a `.tar.gz`, or an `http(s)` URL with a
 sha256 (`https://.../x.tar.gz#sha256=<hex>` or the `sha256=` argument). This
 module resolves paths and URLs only and never imports the zoo; zoo names are
 resolved one floor up by `ssl3d_keras.load_encoder` (`ssl3d_keras.zoo.load_encoder`),
@@ -12,9 +12,10 @@ import logging
 import os
 from pathlib import Path
 
-from ssl3d_keras.atomic import atomic_dir
+from ssl3d_keras.atomic import FolderBusyError, atomic_dir, folder_lock, has_leftovers, recover_dir
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
+from ssl3d_keras.export import marker as marker_lib
 from ssl3d_keras.export.archive import cache_dir, download, safe_extract
 
 __all__ = ["extract_cached", "load_encoder", "resolve_handle", "savedmodel_as_model"]
@@ -28,6 +29,22 @@ def _is_preset(path):
 
 def _is_savedmodel(path):
     return (path / "saved_model.pb").is_file()
+
+
+def _is_export(path):
+    return any((path / name).exists() for name in (marker_lib.MARKER_FILE, "preset", "savedmodel"))
+
+
+def _recover(path):
+    """Put back an export folder that a kill during its replacement left set aside."""
+    try:
+        with folder_lock(path, blocking=False):
+            recover_dir(path)
+    except FolderBusyError as e:
+        raise ExportError(f"{e.strerror}; load it when that export has finished") from None
+    except OSError as e:
+        raise ExportError(f"{path}: an interrupted export left it set aside and it cannot be "
+                          f"restored here ({e})") from None
 
 
 def extract_cached(archive, *, cache=None):
@@ -73,6 +90,8 @@ def resolve_handle(handle, *, sha256=None, cache=None):
         raise ExportError(f"unsupported handle scheme; use a path or an http(s) URL. "
                           f"Received: {text}")
     path = Path(text).expanduser()
+    if not path.exists() and has_leftovers(path):
+        _recover(path)
     if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
         if sha256 and sha256_file(path) != sha256.lower():
             raise ExportError(f"{path}: sha256 mismatch. Expected {sha256}, "
@@ -89,7 +108,8 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
 
     Args:
         handle: a preset folder, an export folder
-            (`OUT` of `ssl3d export`), a SavedModel folder, a `.tar.gz`, or an
+            (`OUT` of `ssl3d export`, used only whole: its files must be those
+            its `export.json` lists), a SavedModel folder, a `.tar.gz`, or an
             http(s) URL with its sha256 (`URL#sha256=<hex>` or `sha256=`).
         input_channels: int or None. If it differs from the encoder's channels,
             the first convolution is adapted with
@@ -107,7 +127,8 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
 
     Raises:
         ExportError: unusable handle, checksum mismatch, unsafe archive, weights
-            that do not match.
+            that do not match, an export folder that is not whole (interrupted,
+            mixed, or from before `export.json`).
 
     Example:
 
@@ -118,6 +139,11 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
     from ssl3d_keras.export.savedmodel import read_saved_metadata
 
     folder = resolve_handle(handle, sha256=sha256, cache=cache)
+    if not _is_preset(folder) and not _is_savedmodel(folder) and _is_export(folder):
+        # An export folder is used only whole: its marker must list the part we load.
+        marker = marker_lib.read_marker(folder)
+        part = "preset" if "preset" in marker.get("formats", ()) else "savedmodel"
+        marker_lib.verify_part(folder, part, marker)
     if _is_preset(folder):
         model, meta = load_preset(folder)
     elif _is_preset(folder / "preset"):

@@ -18,7 +18,13 @@ import os
 from pathlib import Path
 
 from ssl3d_keras.errors import ExportError
-from ssl3d_keras.zoo.recipes import get_recipe, input_facts, list_recipes, recipe_config, recipe_hash
+from ssl3d_keras.zoo.recipes import (
+    get_recipe,
+    input_facts,
+    list_recipes,
+    recipe_config,
+    recipe_hash,
+)
 
 __all__ = ["build", "cached_build", "ensure_built", "load_encoder", "locate"]
 
@@ -58,8 +64,8 @@ def build(name, *, data=None, out=None, overrides=(), progress=True, cache=None)
     Raises:
         ExportError: the recipe needs data that was not given.
     """
-    from ssl3d_keras.export.exporter import export_run
     from ssl3d_keras.downstream.probe import pretrain_with_probe as pretrain
+    from ssl3d_keras.export.exporter import export_run
     from ssl3d_keras.training.rundir import RunDir
 
     recipe = get_recipe(name)
@@ -78,10 +84,16 @@ def build(name, *, data=None, out=None, overrides=(), progress=True, cache=None)
 
 
 def cached_build(name, *, cache=None):
-    """The export folder of a cached default build of `name`, or None."""
+    """The export folder of a cached default build of `name`, or None.
+
+    Only a whole export counts (its `export.json` is written last); an export
+    interrupted, or written before the marker existed, is rebuilt by `build`.
+    """
+    from ssl3d_keras.export.marker import MARKER_FILE
+
     recipe = get_recipe(name)
     folder = _cache_root(cache) / "zoo" / f"{name}-{recipe_hash(recipe)}" / "export"
-    return folder if (folder / "preset" / "metadata.json").is_file() else None
+    return folder if (folder / MARKER_FILE).is_file() else None
 
 
 def locate(name, *, cache=None):
