@@ -18,7 +18,12 @@ each one; `load_series(paths)` turns one series into a volume:
   are in `ssl3d_keras.data.nifti`.
 
 Voxel `(i, j, k)` of the volume before reorientation is column `i`, row `j`
-of the `k`-th slice along the normal.
+of the `k`-th slice along the normal. The third column of the affine is the
+mean step between slice positions, so a gantry-tilted CT stack keeps its exact
+geometry as a sheared affine (its third spacing is the step length, longer
+than the distance between the slice planes). MONOCHROME1 values are not
+inverted: the rescaled values are the physical ones; the interpretation only
+concerns display.
 
 A broken series is a `DataError` naming the file and the problem: a file that
 is not DICOM, is truncated, has no pixel data (a report, a plan, a DICOMDIR),
@@ -100,8 +105,8 @@ def find_series(root):
     is named after the folder holding its files when no other series has
     files in that folder (`PT01/CT_ABDOMEN`); otherwise, in a folder that
     mixes series, `<folder>/<PatientID>_s<SeriesNumber>_<SeriesDescription>`
-    with every character outside `A-Z a-z 0-9 . _ -` replaced by `_` (a
-    suffix `_2`, `_3`, ... in SeriesInstanceUID order when two series would
+    with every character outside `A-Z a-z 0-9 . _ -` replaced by `_` (and
+    `_1`, `_2`, ... in SeriesInstanceUID order when several series would
     share a name). A series at the top of `root` drops the `<folder>/`.
 
     A candidate file (`is_dicom_candidate`) that does not parse as DICOM
@@ -301,8 +306,17 @@ def _read_slice(path):
         raise DataError(path, f"ImagePositionPatient, ImageOrientationPatient and PixelSpacing "
                         f"must hold 3, 6 and 2 values. Received {position.size}, "
                         f"{orientation.size}, {pixel_spacing.size}")
-    if min(pixel_spacing) <= 0 or not np.all(np.isfinite(pixel_spacing)):
+    if not all(np.all(np.isfinite(v)) for v in (position, orientation, pixel_spacing)):
+        raise DataError(path, f"has a non-finite geometry value. Received position "
+                        f"{position.tolist()}, orientation {orientation.tolist()}, pixel spacing "
+                        f"{pixel_spacing.tolist()}")
+    if min(pixel_spacing) <= 0:
         raise DataError(path, f"PixelSpacing must be positive. Received {pixel_spacing.tolist()}")
+    row, col = orientation[:3], orientation[3:]
+    if (abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2
+            or abs(row @ col) > 1e-2):
+        raise DataError(path, f"ImageOrientationPatient is not two orthogonal unit vectors. "
+                        f"Received {orientation.tolist()}")
     return {"path": path, "ds": ds, "uid": str(ds.get("SeriesInstanceUID", "")),
             "shape": (int(ds.Rows), int(ds.Columns)), "position": position,
             "orientation": orientation, "pixel_spacing": pixel_spacing}

@@ -213,7 +213,7 @@ def test_prepare_gives_the_same_arrays_for_dicom_and_nifti(tmp_path, rng):
         (record,) = tf.data.TFRecordDataset(str(tmp_path / f"out_{kind}" / shard["path"]))
         out[kind] = (parse_example(record)["image"].numpy(), manifest["cases"][0])
     assert out["dicom"][1]["id"] == out["nifti"][1]["id"] == "case_a"
-    np.testing.assert_allclose(out["dicom"][0], out["nifti"][0], atol=1e-3)
+    np.testing.assert_array_equal(out["dicom"][0], out["nifti"][0])
     np.testing.assert_allclose(out["dicom"][1]["affine"], out["nifti"][1]["affine"], atol=1e-5)
     assert out["dicom"][1]["original_shape"] == out["nifti"][1]["original_shape"]
     assert len(out["dicom"][1]["sources"]) == 8 == len(out["dicom"][1]["sha256"])
@@ -309,3 +309,24 @@ def test_detect_layout_prefers_nifti_and_names_dicom(tmp_path, rng):
     (tmp_path / "IM0001").write_bytes(b"\0" * 200)  # a DICOM-like name without the preamble
     with pytest.raises(DataError, match="unknown dataset layout"):
         detect_layout(tmp_path)
+
+
+def test_gantry_tilt_keeps_its_geometry_as_a_sheared_affine(tmp_path, rng):
+    stored = _stored(rng, (6, 5, 5))
+    origin = np.array([-50.0, -60.0, 10.0])
+    tilt = np.array([0.0, 0.4, 2.0])  # each slice 2 mm up and 0.4 mm back (a tilted gantry)
+    for k in range(5):
+        write_slice(tmp_path / f"{k}.dcm", stored[:, :, k].T, position=origin + k * tilt)
+    raw = load_series(sorted(tmp_path.iterdir()), canonical=False)
+    np.testing.assert_allclose(raw.affine[:3, 2], [0.0, -0.4, 2.0], atol=1e-6)
+    np.testing.assert_allclose(raw.affine @ [3, 2, 4, 1],
+                               [*(LPS_TO_RAS[:3, :3] @ (origin + 4 * tilt + [3 * 0.6, 2 * 0.8, 0])),
+                                1], atol=1e-5)
+    assert raw.spacing[2] == pytest.approx(np.hypot(0.4, 2.0))
+
+
+def test_a_degenerate_orientation_is_named(tmp_path, rng):
+    stored = _stored(rng, (4, 4, 3))
+    write_series(tmp_path, stored, directions=((1.0, 0.0, 0.0), (1.0, 0.0, 0.0)))
+    with pytest.raises(DataError, match="not two orthogonal unit vectors"):
+        load_series(sorted(tmp_path.iterdir()))
