@@ -7,7 +7,9 @@ Layouts (`discover(path, layout=...)`):
 - `"decathlon"`: Medical Segmentation Decathlon: `dataset.json` with
   `"modality"` (channel names), `"labels"` and a `"training"` list of
   `{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`; images
-  are 4D when there are several modalities (4th axis = channels).
+  are 4D when there are several modalities (4th axis = channels). With
+  `unlabelled=True` the unlabelled cases of `"test"` (`./imagesTs/x.nii.gz`;
+  the `imagesTs` folder when the key is missing) are added, for pretraining.
 - `"brats"`: one folder per case holding `<case>_t1`, `_t1ce`, `_t2`, `_flair`
   and `_seg` files (`.nii` or `.nii.gz`; `-` also accepted as separator). The
   channel order is `modalities` (default t1, t1ce, t2, flair) and is recorded
@@ -76,7 +78,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def discover(path, *, layout="auto", modalities=None, slice_axis=None, four_d="channels"):
+def discover(path, *, layout="auto", modalities=None, slice_axis=None, four_d="channels",
+             unlabelled=False):
     """Find the cases of a dataset on disk.
 
     Args:
@@ -88,14 +91,18 @@ def discover(path, *, layout="auto", modalities=None, slice_axis=None, four_d="c
             canonical axis (implied 0 with `layout="slices"`).
         four_d: meaning of the 4th axis of NIfTI files: `"channels"`, or
             `"time"` (folder layout: every time frame becomes a case `<id>/t007`).
+        unlabelled: decathlon layout: add the unlabelled `imagesTs` cases
+            (no label) to the training cases, for pretraining.
 
     Returns:
         A `DatasetSource`.
 
     Raises:
         DataError: the path is missing, the layout is not recognised, a
-            layout file is malformed, or the dataset has no case.
-        ConfigError: an unknown layout, modality list or slice axis.
+            layout file is malformed, the dataset has no case, or an
+            `imagesTs` id is also an `imagesTr` id.
+        ConfigError: an unknown layout, modality list or slice axis, or
+            `unlabelled` on a layout other than decathlon.
     """
     if not Path(path).exists():
         raise DataError(path, "dataset path not found")
@@ -123,6 +130,12 @@ def discover(path, *, layout="auto", modalities=None, slice_axis=None, four_d="c
     kwargs = {"modalities": modalities} if layout == "brats" else {}
     if layout == "folder":
         kwargs["four_d"] = four_d
+    if unlabelled:
+        if layout != "decathlon":
+            raise ConfigError("unlabelled", f"adds the imagesTs cases of a decathlon dataset; "
+                              f"other layouts list every case already. Received layout "
+                              f"{layout!r}")
+        kwargs["unlabelled"] = True
     source = builders[layout](root, **kwargs)
     if not source.cases:
         raise DataError(root, f"the {layout} dataset has no case")
@@ -221,7 +234,7 @@ def _channels_of_first_readable(cases):
     raise first_error
 
 
-def _decathlon(root):
+def _decathlon(root, *, unlabelled=False):
     json_path = root if root.is_file() else root / "dataset.json"
     root = json_path.parent
     try:
@@ -246,7 +259,41 @@ def _decathlon(root):
         label = entry.get("label")
         cases.append(Case(_strip_suffix(image.name), (str(image),),
                           str((root / label).resolve()) if label else None))
+    if unlabelled:
+        cases += _decathlon_test_cases(json_path, meta, cases)
     return VolumeSource("decathlon", root, cases, channel_names, label_names)
+
+
+def _decathlon_test_cases(json_path, meta, training):
+    """The unlabelled cases: `"test"` of dataset.json, else the files in `imagesTs`."""
+    root = json_path.parent
+    if "test" in meta:
+        entries = meta["test"]
+        if not isinstance(entries, list):
+            raise DataError(json_path, f"'test' must be a list. Received {type(entries).__name__}")
+        paths = []
+        for i, entry in enumerate(entries):
+            image = entry.get("image") if isinstance(entry, dict) else entry
+            if not isinstance(image, str):
+                raise DataError(json_path, f"test entry {i} is not an image path. "
+                                f"Received {entry!r}")
+            paths.append((root / image).resolve())
+    else:
+        folder = root / "imagesTs"
+        paths = _nifti_files(folder) if folder.is_dir() else []
+    if not paths:
+        raise DataError(json_path, "has no unlabelled cases to add: 'test' is empty and there "
+                        "is no imagesTs folder. Received unlabelled=True")
+    known = {c.case_id: c.images[0] for c in training}
+    cases = []
+    for path in paths:
+        case_id = _strip_suffix(path.name)
+        if case_id in known:
+            raise DataError(json_path, f"the unlabelled case {path} has the id {case_id!r} of "
+                            f"the case {known[case_id]}; rename one of them")
+        known[case_id] = str(path)
+        cases.append(Case(case_id, (str(path),)))
+    return cases
 
 
 def _modality_file(folder, modality):

@@ -56,6 +56,8 @@ class Manifest(Mapping):
         layout: the raw dataset's layout ("nifti", "msd", ...), or None.
         source: the raw dataset folder, or None.
         created_by: package versions that wrote it.
+        held_out: `{"rule", "ids"}` of the cases left out for downstream
+            testing (`prepare_dataset(holdout=...)`), or None.
         format: the schema version, `MANIFEST_FORMAT`.
         extra: keys of the file this version does not know (kept, written back).
     """
@@ -71,6 +73,7 @@ class Manifest(Mapping):
     layout: str | None = None
     source: str | None = None
     created_by: dict = dataclasses.field(default_factory=dict)
+    held_out: dict | None = None
     format: str = MANIFEST_FORMAT
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -179,6 +182,23 @@ class Manifest(Mapping):
     def example_count(self, dim=None, slice_axis=0):
         """Number of volumes (or of slices, for `dim=2` on a 3D manifest)."""
         return len(self.spatial_shapes(dim, slice_axis))
+
+    def padded_cases(self, max_share):
+        """`{id: share}` of the cases whose padding share is above `max_share`.
+
+        The share (recorded per case by `prepare_dataset`) is the fraction of
+        the prepared volume outside its foreground's bounding box; cases
+        prepared before it was recorded are not listed.
+
+        Example:
+
+        >>> Manifest(dim=2, channels=1, cases=[{"id": "a", "padding_share": 0.7},
+        ...                                    {"id": "b", "padding_share": 0.1}]).padded_cases(0.5)
+        {'a': 0.7}
+        """
+        return {case["id"]: float(case["padding_share"]) for case in self.cases
+                if case.get("padding_share") is not None
+                and float(case["padding_share"]) > max_share}
 
     def cases_smaller_than(self, crop_size, *, dim=None, slice_axis=0):
         """Ids of the cases a crop of `crop_size` would have to zero-pad.

@@ -17,6 +17,7 @@ Example:
 ...     on_error="skip")
 """
 
+import logging
 import platform
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from ssl3d_keras import __version__
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.config import from_dict, to_dict
+from ssl3d_keras.data.holdout import held_out_cases
 from ssl3d_keras.data.layouts import discover
 from ssl3d_keras.data.manifest import MANIFEST_NAME, Manifest
 from ssl3d_keras.data.preprocess import PreprocessConfig
@@ -35,10 +37,15 @@ from ssl3d_keras.errors import ConfigError, DataError
 __all__ = ["prepare_dataset", "summary_line"]
 
 SHARD_PREFIX = "shard"
+# Per-case padding warnings shown before the rest are only counted (2D slices are thousands).
+_MAX_PADDING_LINES = 20
+
+logger = logging.getLogger("ssl3d_keras")
 
 
 def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="fail",
-                    examples_per_shard=16, progress=True, overwrite=False, **discover_kwargs):
+                    examples_per_shard=16, progress=True, overwrite=False, holdout=None,
+                    **discover_kwargs):
     """Preprocess every case of a dataset into TFRecord shards and write the manifest.
 
     Args:
@@ -55,7 +62,13 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
         progress: draw a progress bar over the cases on stderr.
         overwrite: replace an existing prepared dataset in `out_dir` (its
             manifest and shards; other files are left alone).
-        **discover_kwargs: `modalities`, `slice_axis`, `four_d` for `discover`.
+        holdout: cases to leave out for downstream testing, before any is
+            read: `{"test_fraction": 0.2, "seed": 0}` (the test split a
+            fine-tuning run with those values draws from the labelled cases)
+            or `{"cases": "splits.json"}` (see `ssl3d_keras.data.holdout`).
+            The ids are recorded in `manifest["held_out"]` and logged.
+        **discover_kwargs: `modalities`, `slice_axis`, `four_d`, `unlabelled`
+            for `discover`.
 
     Returns:
         The `Manifest` (also written to `out_dir/manifest.json`).
@@ -73,6 +86,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
     config = from_dict(PreprocessConfig, preprocess or {}, "preprocess")
     out_dir = Path(out_dir)
     source = discover(src, layout=layout, **discover_kwargs)
+    held_out = None if holdout is None else _hold_out(source, holdout)
     _clear_out_dir(out_dir, overwrite, shard_io)
 
     cases, skipped = [], []
@@ -90,7 +104,8 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
                                         f"the cases before it {channels}")
                     image, label, info = preprocess_case(
                         loaded.image, loaded.label, loaded.spacing, config,
-                        affine=loaded.affine, case_id=case.case_id)
+                        affine=loaded.affine, case_id=case.case_id,
+                        source=loaded.sources[0] if loaded.sources else None)
                     sha = {p: _sha256(p, hashes, shard_io) for p in loaded.sources}
                 except DataError as e:
                     if on_error == "fail":
@@ -125,8 +140,10 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
                        "discover": {k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in discover_kwargs.items()}},
         created_by=_versions(),
+        held_out=held_out,
     )
     manifest.write(out_dir)
+    _warn_padding(manifest, config.max_padding_share)
     return manifest
 
 
@@ -135,6 +152,36 @@ def summary_line(manifest, out_dir):
     n_skipped = len(manifest["skipped"])
     return (f"prepared {len(manifest['cases'])} cases into {len(manifest['shards'])} shards at "
             f"{out_dir} ({n_skipped} skipped{': see manifest.json' if n_skipped else ''})")
+
+
+def _hold_out(source, spec):
+    """Drop the held-out cases from `source` (slices go with their volume); the record."""
+    parents = getattr(source, "parents", None)
+    key = {c.case_id: (parents[c.case_id][0].case_id if parents else c.case_id)
+           for c in source.cases}
+    labelled = sorted({key[c.case_id] for c in source.cases
+                       if c.label is not None or c.grade is not None})
+    ids, rule = held_out_cases(spec, labelled, all_ids=set(key.values()))
+    held = set(ids)
+    source.cases = [c for c in source.cases if key[c.case_id] not in held]
+    logger.info("held out %d cases for downstream testing (%s)", len(ids),
+                ", ".join(f"{k}={v}" for k, v in rule.items()))
+    return {"rule": rule, "ids": ids}
+
+
+def _warn_padding(manifest, max_share):
+    """One warning per case that is mostly padding (the first few), then the count."""
+    padded = manifest.padded_cases(max_share)
+    for case_id, share in list(padded.items())[:_MAX_PADDING_LINES]:
+        logger.warning("%s: %.0f%% of the prepared volume is padding (outside the foreground's "
+                       "bounding box), more than max_padding_share=%.0f%%", case_id, 100 * share,
+                       100 * max_share)
+    if padded:
+        logger.warning("%d of %d prepared cases are more than %.0f%% padding (padding_share per "
+                       "case in manifest.json): crop the foreground (crop_foreground, with a "
+                       "foreground_threshold below the tissue such as -500 for CT) or reduce "
+                       "shape, since empty slabs along an axis give the rotation task away",
+                       len(padded), len(manifest.cases), 100 * max_share)
 
 
 def _case_entry(case, loaded, info, sha, shard):
@@ -149,7 +196,9 @@ def _case_entry(case, loaded, info, sha, shard):
         "affine": info["affine"],
         "has_label": loaded.label is not None,
         "crop_box": info["crop_box"],
+        "resize": info["resize"],
         "pad_crop": info.get("pad_crop"),
+        "padding_share": info["padding_share"],
         "normalization": info["normalization"],
         "shard": shard,
     }

@@ -4,7 +4,9 @@ The paper's protocol compares methods at several label fractions, so the
 splits must be fair across every cell of that comparison:
 
 - the **test** split depends only on the split seed: every method, fraction and
-  repeat is scored on the same cases;
+  repeat is scored on the same cases (drawn by
+  `ssl3d_keras.data.holdout.seeded_test_split`, which also picks the cases
+  pretraining holds out);
 - the **validation** split (which picks the best checkpoint) is fixed the same way;
 - the remaining cases form the labelled **pool**; a repeat draws one seeded
   permutation of the pool and a label fraction takes its first
@@ -26,6 +28,7 @@ import math
 
 import numpy as np
 
+from ssl3d_keras.data.holdout import seeded_test_split
 from ssl3d_keras.errors import ConfigError, DataError
 
 __all__ = ["Splits", "make_splits"]
@@ -100,9 +103,10 @@ def make_splits(case_ids, *, label_fraction=1.0, repeat=0, seed=0, test_fraction
     if int(repeat) < 0:
         raise ConfigError("repeat", f"must be >= 0. Received: {repeat}")
 
-    order = _rng(seed, 0).permutation(len(ids))
-    n_test = max(int(min_test), round(float(test_fraction) * len(ids)))
-    rest = [ids[i] for i in order[n_test:]]
+    # The test split is the one pretraining holds out (`data.holdout`): one function draws both.
+    test, rest = seeded_test_split(ids, seed=seed, test_fraction=test_fraction,
+                                   min_test=min_test)
+    n_test = len(test)
     n_validation = round(float(validation_fraction) * len(rest)) if validation_fraction else 0
     if n_validation and len(rest) - n_validation < 1:
         n_validation = 0
@@ -110,7 +114,6 @@ def make_splits(case_ids, *, label_fraction=1.0, repeat=0, seed=0, test_fraction
         raise DataError("cases", f"{len(ids)} labelled case(s) leave no training case after "
                         f"{n_test} test and {n_validation} validation case(s); add cases or "
                         f"lower split.test_fraction. Received: {len(ids)} cases")
-    test = sorted(ids[i] for i in order[:n_test])
     validation = sorted(rest[:n_validation])
     pool = sorted(rest[n_validation:])
 

@@ -38,20 +38,27 @@ def blob(rng, shape, labels=(0, 1, 2)):
     return image, label
 
 
-def write_decathlon(root, n, rng, *, size=8, channels=2, affine=None):
-    """Decathlon layout: dataset.json, imagesTr (4D when channels > 1), labelsTr."""
+def write_decathlon(root, n, rng, *, size=8, channels=2, affine=None, n_test=0):
+    """Decathlon layout: dataset.json, imagesTr (4D when channels > 1), labelsTr.
+
+    `n_test` unlabelled cases `case_{n + i:03d}` go to imagesTs and the "test" list.
+    """
     root = Path(root)
-    training = []
-    for i in range(n):
+    training, test = [], []
+    for i in range(n + n_test):
         image, label = blob(rng, (size,) * 3)
         stack = np.stack([image * (c + 1) for c in range(channels)], axis=-1)
         name = f"case_{i:03d}.nii.gz"
-        write_nifti(root / "imagesTr" / name, stack if channels > 1 else image, affine)
+        folder = "imagesTr" if i < n else "imagesTs"
+        write_nifti(root / folder / name, stack if channels > 1 else image, affine)
+        if i >= n:
+            test.append(f"./imagesTs/{name}")
+            continue
         write_nifti(root / "labelsTr" / name, label, affine)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     meta = {"name": "tiny", "modality": {str(c): f"mod{c}" for c in range(channels)},
             "labels": {"0": "background", "1": "organ", "2": "tumour"},
-            "numTraining": n, "training": training, "test": []}
+            "numTraining": n, "numTest": n_test, "training": training, "test": test}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 

@@ -242,3 +242,43 @@ def test_four_d_time_only_for_folders_and_unlabelled_aptos(tmp_path, rng):
     (tmp_path / "test.csv").write_text("id_code\nabc\n")
     source = discover(tmp_path / "test.csv")
     assert source.layout == "images2d" and source.cases[0].grade is None
+
+
+def test_decathlon_unlabelled_test_cases_on_request(tmp_path, rng):
+    write_decathlon(tmp_path, 3, rng, channels=1, n_test=2)
+    assert [c.case_id for c in discover(tmp_path).cases] == ["case_000", "case_001", "case_002"]
+    source = discover(tmp_path, unlabelled=True)
+    assert [c.case_id for c in source.cases] == [f"case_{i:03d}" for i in range(5)]
+    assert [c.label is None for c in source.cases] == [False] * 3 + [True] * 2
+    assert source.cases[3].images == (str((tmp_path / "imagesTs/case_003.nii.gz").resolve()),)
+    loaded = source.load(source.cases[4])
+    assert loaded.image.shape == (8, 8, 8, 1) and loaded.label is None
+    # Slices of the unlabelled volumes come too.
+    assert len(discover(tmp_path, unlabelled=True, slice_axis=0).cases) == 5 * 8
+
+    # Without a "test" key the imagesTs folder is read.
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    del meta["test"]
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    assert len(discover(tmp_path, unlabelled=True).cases) == 5
+
+
+def test_decathlon_unlabelled_errors(tmp_path, rng):
+    write_decathlon(tmp_path / "a", 2, rng, channels=1, n_test=1)
+    meta = json.loads((tmp_path / "a/dataset.json").read_text())
+    meta["test"] = ["./imagesTs/case_002.nii.gz", "./imagesTs/case_001.nii.gz"]
+    (tmp_path / "a/imagesTs/case_001.nii.gz").write_bytes(
+        (tmp_path / "a/imagesTs/case_002.nii.gz").read_bytes())
+    (tmp_path / "a/dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"dataset.json: the unlabelled case .*imagesTs/"
+                       r"case_001.nii.gz has the id 'case_001' of the case .*imagesTr/"
+                       r"case_001.nii.gz"):
+        discover(tmp_path / "a", unlabelled=True)
+    assert len(discover(tmp_path / "a").cases) == 2  # the clash matters only when asked for
+
+    write_decathlon(tmp_path / "b", 2, rng, channels=1)  # "test": [] and no imagesTs
+    with pytest.raises(DataError, match="has no unlabelled cases to add"):
+        discover(tmp_path / "b", unlabelled=True)
+    write_brats(tmp_path / "c", 1, rng)
+    with pytest.raises(ConfigError, match="'unlabelled'.*Received layout 'brats'"):
+        discover(tmp_path / "c", unlabelled=True)

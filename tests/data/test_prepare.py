@@ -168,3 +168,118 @@ def test_a_bad_first_file_of_a_folder_is_skipped_not_fatal(tmp_path, rng):
     assert "is 2D" in manifest["skipped"][0]["reason"]
     with pytest.raises(DataError, match="a_flat.nii.gz: is 2D"):
         prepare_dataset(src, tmp_path / "out2", on_error="fail", progress=False)
+
+
+def _dice(a, b):
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_resized_case_goes_back_to_the_source_grid(tmp_path, rng):
+    """Prepare (crop, resize, pad) a labelled case, then write its label back with the affines."""
+    from ssl3d_keras.data.pipeline import shard_volumes
+    from ssl3d_keras.downstream.geometry import write_prediction
+    from tests.data.helpers_nifti import write_nifti
+
+    image = np.full((16, 12, 10), -1000.0, np.float32)  # CT air around a body
+    image[3:13, 2:11, 2:9] = rng.normal(40, 5, size=(10, 9, 7))
+    label = np.zeros((16, 12, 10), np.uint8)
+    label[5:11, 4:9, 3:7] = 1
+    label[7:9, 5:7, 4:6] = 2
+    src = tmp_path / "src"
+    write_nifti(src / "imagesTr/c.nii.gz", image, LAS_AFFINE)
+    write_nifti(src / "labelsTr/c.nii.gz", label, LAS_AFFINE)
+    (src / "dataset.json").write_text(
+        '{"modality": {"0": "CT"}, "labels": {"0": "bg", "1": "organ", "2": "tumour"}, '
+        '"training": [{"image": "./imagesTr/c.nii.gz", "label": "./labelsTr/c.nii.gz"}]}')
+    config = PreprocessConfig(crop_foreground=True, foreground_threshold=-500, resize=(24, 14, 9),
+                              normalize="ct", ct_window=(-100, 240), shape=(26, 14, 8))
+    manifest = prepare_dataset(src, tmp_path / "out", preprocess=config, progress=False)
+    (case,) = manifest["cases"]
+    # The crop keeps the body (10 x 9 x 7 voxels of 2 x 3 x 4 mm); the resize keeps its extent.
+    assert case["crop_box"] is not None
+    assert case["resize"] == {"from_shape": [10, 9, 7], "to_shape": [24, 14, 9],
+                              "spacing": pytest.approx([20 / 24, 27 / 14, 28 / 9])}
+    assert case["spacing"] == case["resize"]["spacing"]
+    assert case["padding_share"] == pytest.approx(1 - 24 * 14 * 8 / (26 * 14 * 8))
+    (volume,) = list(shard_volumes(tmp_path / "out").as_numpy_iterator())
+    assert volume["label"].shape == (26, 14, 8)
+
+    out = write_prediction(tmp_path / "pred.nii.gz", volume["label"], case["affine"],
+                           case["sources"][0])
+    import nibabel as nib
+
+    back = np.asarray(nib.load(str(out)).dataobj)
+    assert back.shape == label.shape
+    for value in (1, 2):
+        assert _dice(back == value, label == value) >= (0.95 if value == 1 else 0.75), value
+    assert _dice(back > 0, label > 0) >= 0.95
+    # The affine is what undoes the resize: dropping its scaling misplaces the label.
+    wrong = np.asarray(case["affine"]).copy()
+    wrong[:3, :3] /= np.divide(case["resize"]["from_shape"], case["resize"]["to_shape"])
+    off = write_prediction(tmp_path / "wrong.nii.gz", volume["label"], wrong, case["sources"][0])
+    assert _dice(np.asarray(nib.load(str(off)).dataobj) > 0, label > 0) < 0.8
+
+
+def test_photographs_are_resized_by_the_same_option(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    h, w = 30, 50  # non-square
+    rows, cols = np.mgrid[0:h, 0:w]
+    pixels = np.stack([cols * 5, rows * 8, np.full((h, w), 77)], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels, "RGB").save(src / "eye.png")
+    manifest = prepare_dataset(src, tmp_path / "out", progress=False,
+                               preprocess={"resize": (224, 224), "normalize": "none"})
+    (case,) = manifest["cases"]
+    assert manifest["channels"] == 3 and case["final_shape"] == [224, 224, 3]
+    assert case["resize"]["from_shape"] == [30, 50]
+    assert case["spacing"] == pytest.approx([30 / 224, 50 / 224])
+    records = _read_shards(tmp_path / "out", manifest)
+    image, _ = records["eye"]
+    # Cell-centred linear interpolation of a ramp is the ramp at the new centres (inside).
+    centres_x = (np.arange(224) + 0.5) * (w / 224) - 0.5
+    centres_y = (np.arange(224) + 0.5) * (h / 224) - 0.5
+    inside_x = (centres_x >= 0) & (centres_x <= w - 1)
+    inside_y = (centres_y >= 0) & (centres_y <= h - 1)
+    np.testing.assert_allclose(image[100, inside_x, 0], 5 * centres_x[inside_x], atol=1e-3)
+    np.testing.assert_allclose(image[inside_y, 100, 1], 8 * centres_y[inside_y], atol=1e-3)
+    np.testing.assert_allclose(image[..., 2], 77.0, atol=1e-4)
+
+
+def test_padding_share_recorded_and_warned(tmp_path, rng, caplog):
+    import logging
+
+    src = write_decathlon(tmp_path / "src", 3, rng, size=8, channels=1)
+    with caplog.at_level(logging.WARNING, logger="ssl3d_keras"):
+        manifest = prepare_dataset(src, tmp_path / "out", progress=False)
+    # The blob fills 4 of 8 voxels per axis: 7/8 of each volume is zero background.
+    assert [c["padding_share"] for c in manifest["cases"]] == [pytest.approx(0.875)] * 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == [f"case_00{i}: 88% of the prepared volume is padding (outside the "
+                         f"foreground's bounding box), more than max_padding_share=50%"
+                         for i in range(3)]
+    assert lines[3].startswith("3 of 3 prepared cases are more than 50% padding")
+    assert len(lines) == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssl3d_keras"):
+        prepare_dataset(src, tmp_path / "out2", progress=False,
+                        preprocess={"max_padding_share": 0.9, "crop_foreground": True})
+    assert caplog.records == []
+
+
+def test_a_huge_resample_names_the_file_and_is_skipped(tmp_path, rng):
+    from tests.data.helpers_nifti import write_nifti
+
+    src = tmp_path / "src"
+    write_nifti(src / "a_ok.nii.gz", rng.random((6, 6, 6)).astype(np.float32))
+    bad = write_nifti(src / "b_wrong_pixdim.nii.gz", rng.random((6, 6, 6)).astype(np.float32),
+                      np.diag([2000.0, 1.0, 1.0, 1.0]))  # plausible per header, huge here
+    config = {"spacing": (0.1, 0.1, 0.1)}
+    with pytest.raises(DataError, match=f"^{bad}: resampling to spacing .* more than "
+                       f"max_voxels=134,217,728"):
+        prepare_dataset(src, tmp_path / "fail", preprocess=config, progress=False)
+    manifest = prepare_dataset(src, tmp_path / "skip", preprocess=config, on_error="skip",
+                               progress=False)
+    assert [c["id"] for c in manifest["cases"]] == ["a_ok"]
+    assert "max_voxels" in manifest["skipped"][0]["reason"]

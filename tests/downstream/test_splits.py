@@ -68,3 +68,42 @@ def test_too_few_cases_is_a_clear_error():
 def test_bad_values_name_their_key(key, kwargs):
     with pytest.raises(ConfigError, match=key):
         make_splits(IDS, **kwargs)
+
+
+def _old_make_splits(ids, seed, test_fraction, validation_fraction, repeat, label_fraction):
+    """make_splits as it was before the test split moved to data/holdout.py (a pinned copy)."""
+    import math
+
+    import numpy as np
+
+    ids = sorted(ids)
+    order = np.random.default_rng([seed, 0]).permutation(len(ids))
+    n_test = max(1, round(test_fraction * len(ids)))
+    rest = [ids[i] for i in order[n_test:]]
+    n_validation = round(validation_fraction * len(rest)) if validation_fraction else 0
+    if n_validation and len(rest) - n_validation < 1:
+        n_validation = 0
+    test = sorted(ids[i] for i in order[:n_test])
+    validation = sorted(rest[:n_validation])
+    pool = sorted(rest[n_validation:])
+    permutation = np.random.default_rng([seed, 1, repeat]).permutation(len(pool))
+    train = sorted(pool[i] for i in permutation[:max(1, math.ceil(label_fraction * len(pool)
+                                                                  - 1e-9))])
+    return test, validation, pool, train
+
+
+@pytest.mark.parametrize("n,seed,test_fraction,validation_fraction", [
+    (40, 0, 0.2, 0.1), (7, 3, 0.2, 0.1), (82, 11, 0.25, 0.2), (5, 2, 0.0, 0.0), (13, 9, 0.5, 0.3)])
+def test_splits_are_unchanged_by_the_shared_test_split(n, seed, test_fraction,
+                                                       validation_fraction):
+    from ssl3d_keras.data.holdout import held_out_cases
+
+    ids = [f"p{i * 37 % 1000:03d}" for i in range(n)]  # distinct, not sorted
+    for repeat, fraction in ((0, 1.0), (2, 0.3)):
+        s = make_splits(ids, seed=seed, test_fraction=test_fraction,
+                        validation_fraction=validation_fraction, repeat=repeat,
+                        label_fraction=fraction)
+        assert (s.test, s.validation, s.pool, s.train) == _old_make_splits(
+            ids, seed, test_fraction, validation_fraction, repeat, fraction)
+        # What pretraining holds out with the same split values is this test split.
+        assert held_out_cases({"test_fraction": test_fraction, "seed": seed}, ids)[0] == s.test
