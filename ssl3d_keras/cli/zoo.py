@@ -1,4 +1,4 @@
-"""`ssl3d zoo`: list, describe and build the pretrained encoders of the zoo."""
+"""`ssl3d zoo`: list, describe, verify and build the pretrained encoders of the zoo."""
 
 import json
 from pathlib import Path
@@ -74,3 +74,35 @@ def build(name, data_path, out_dir, overrides, quiet):
     click.echo("Proxy metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                                               if isinstance(v, (int, float))))
     click.echo(f"Load it with: ssl3d_keras.load_encoder({str(export_dir)!r})")
+
+
+@zoo.command()
+@click.argument("recipe")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True),
+              help="The raw dataset the recipe needs (what `ssl3d zoo build NAME --data` takes).")
+@click.option("--cases", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Cases to prepare, spread evenly over the dataset in id order.")
+def verify(recipe, data_path, cases):
+    """Prepare a few cases with RECIPE's preprocessing and check them against its card.
+
+    RECIPE is a zoo name or a recipe TOML file. Checks, per case: the spatial
+    shape equals the recipe's resize, the channel count its channel names, the
+    padding share (voxels outside the foreground's bounding box) is at most
+    the recipe's max_padding_share, the intensities after normalisation are
+    finite and in range, and every example is at least the task's crop. Prints
+    a table and exits 1 with one line per failed check. Run it before spending
+    days of compute on `ssl3d zoo build`.
+    """
+    import sys
+
+    from ssl3d_keras.zoo.verify import verify_recipe
+
+    report = verify_recipe(recipe, data_path, cases=cases)
+    click.echo(report.table())
+    failures = report.failures()
+    if failures:
+        for line in failures:
+            click.echo(f"FAIL {line}", err=True)
+        click.echo(f"{len(failures)} check(s) failed", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(report.cases)} case(s) match the recipe {report.recipe}")

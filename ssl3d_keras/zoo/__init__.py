@@ -1,8 +1,9 @@
 """The model zoo: one recipe per pretrained encoder, built by an explicit call.
 
 The zoo is on the workflow floor: it reads its recipes (`recipes`), builds
-them with the training loop and the exporter (`builder`), and writes their model
-cards (`cards`). Nothing below it imports it.
+them with the training loop and the exporter (`builder`), writes their model
+cards (`cards`) and checks a dataset against a recipe before a build
+(`verify`). Nothing below it imports it.
 
 Example:
 
@@ -23,10 +24,12 @@ from ssl3d_keras.zoo.recipes import (
     get_recipe,
     input_facts,
     list_recipes,
+    load_recipe,
     recipe_config,
     recipe_files,
     recipe_hash,
 )
+from ssl3d_keras.zoo.verify import VerifyReport, verify_recipe
 
 __all__ = [
     "PACKAGE",
@@ -41,9 +44,12 @@ __all__ = [
     "input_facts",
     "list_recipes",
     "load_encoder",
+    "load_recipe",
     "locate",
     "recipe_config",
     "recipe_files",
     "recipe_hash",
+    "VerifyReport",
     "render_card",
+    "verify_recipe",
 ]

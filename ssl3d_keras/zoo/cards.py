@@ -33,6 +33,8 @@ def describe(name):
         f"schedule:      steps={p.get('steps')} epochs={p.get('epochs')} "
         f"batch_size={p.get('batch_size')}",
         f"proxy metric:  {r.expected.get('proxy_metric', 'not reported')}",
+        f"sourced:       {len(r.sources)} source(s), {len(r.deviations)} deviation(s) from the "
+        f"authors' code (ssl3d zoo info {r.name} --card)",
         f"weights:       {r.artifact.url + ' sha256=' + str(r.artifact.sha256) if r.published else r.artifact.status}",  # noqa: E501
     ]
     if not r.published:
@@ -84,6 +86,11 @@ def render_card(recipe, metadata=None):
         lines.append(f"- Notes: {r.expected['notes']}")
     if d.downstream:
         lines.append(f"- Downstream: {d.downstream}")
+    if r.sources:
+        lines += ["", "## Sources", "", *[f"- {line}" for line in r.sources]]
+    if r.deviations:
+        lines += ["", "## Deviations from the authors' code", "",
+                  *[f"- {line}" for line in r.deviations]]
     if metadata:
         inp, out = metadata.get("input", {}), metadata.get("outputs", {})
         lines += ["", "## This build", "",

@@ -28,7 +28,7 @@ from ssl3d_keras.config import closest, from_dict
 from ssl3d_keras.errors import ConfigError, ExportError
 
 __all__ = ["Recipe", "RecipeArtifact", "RecipeData", "get_recipe", "input_facts",
-           "list_recipes", "recipe_config", "recipe_files", "recipe_hash"]
+           "list_recipes", "load_recipe", "recipe_config", "recipe_files", "recipe_hash"]
 
 PACKAGE = "ssl3d_keras.zoo_recipes"
 
@@ -83,6 +83,9 @@ class Recipe:
         pretrain: a `PretrainConfig` table (without `data.path`).
         expected: `proxy_metric` and `notes` (what is known of the outcome).
         artifact: a `RecipeArtifact`.
+        sources: where each value comes from (for the paper recipes: the file and
+            commit in the authors' repository), one line each.
+        deviations: where the recipe differs from the authors' code, and why.
         card: the model card Markdown (filled in from `<name>.md`).
     """
 
@@ -95,6 +98,8 @@ class Recipe:
     architecture: Literal["unet", "densenet121"] = "unet"
     expected: dict = dataclasses.field(default_factory=dict)
     artifact: RecipeArtifact = dataclasses.field(default_factory=RecipeArtifact)
+    sources: list[str] = dataclasses.field(default_factory=list)
+    deviations: list[str] = dataclasses.field(default_factory=list)
     card: str = ""
 
     @property
@@ -140,11 +145,30 @@ def get_recipe(name):
     if name not in files:
         raise ConfigError("zoo", f"no recipe named {name!r}{closest(name, files)}; "
                           f"known: {', '.join(sorted(files))}")
+    return _parse(files[name], name)
+
+
+def load_recipe(path):
+    """Read and validate a recipe TOML file outside the zoo (its card `<name>.md` beside it).
+
+    Args:
+        path: a `<name>.toml` file; `name` in it must equal the file's stem.
+
+    Raises:
+        ConfigError: the file is missing or is not a valid recipe.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("zoo", f"recipe file not found. Received: {str(path)!r}")
+    return _parse(path, path.name[: -len(".toml")] if path.name.endswith(".toml") else path.stem)
+
+
+def _parse(file, name):
     try:
-        data = tomllib.loads(files[name].read_text())
+        data = tomllib.loads(file.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"zoo/{name}.toml", f"does not parse: {e}") from None
-    card_file = files[name].parent / f"{name}.md"
+    card_file = file.parent / f"{name}.md"
     data.setdefault("card", card_file.read_text() if card_file.is_file() else "")
     recipe = from_dict(Recipe, data, prefix=f"zoo/{name}.toml")
     if recipe.name != name:

@@ -1,11 +1,13 @@
-"""`ssl3d zoo list|info|build`."""
+"""`ssl3d zoo list|info|verify|build`."""
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from ssl3d_keras import zoo
 from ssl3d_keras.cli.main import cli
+from tests.zoo.helpers_ct import write_ct_decathlon
 
 
 def test_list_shows_every_recipe_with_its_card():
@@ -50,3 +52,42 @@ def test_build_needs_data_or_builds_phantom(tmp_path):
     assert meta["pretraining"]["task"] == "exemplar"
     assert meta["input"]["modality"] == "synthetic phantom"
     assert f"Built phantom-exemplar: {out / 'export'}" in result.output
+
+
+def test_verify_passes_a_ct_folder_that_fits_the_recipe(tmp_path, rng):
+    data = write_ct_decathlon(tmp_path / "Task07", rng, n=4)
+    result = CliRunner().invoke(cli, ["zoo", "verify", "pancreas-ct-rotation", "--data",
+                                      str(data), "--cases", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("recipe pancreas-ct-rotation on ")
+    assert "expects shape 128x128x128, 1 channel(s) ['CT'], padding <= 0.5" in lines[0]
+    assert lines[1].split() == ["case", "shape", "channels", "padding", "min", "max", "verdict"]
+    rows = [line.split() for line in lines[2:4]]
+    assert [r[0] for r in rows] == ["pancreas_000", "pancreas_003"]
+    assert all(r[1:3] == ["128x128x128", "1"] and r[-1] == "ok" for r in rows)
+    assert "ok: 2 case(s) match the recipe pancreas-ct-rotation" in result.output
+
+
+def test_verify_fails_with_one_line_per_failed_check(tmp_path, rng):
+    data = write_ct_decathlon(tmp_path / "two", rng, n=1, channels=2)
+    result = CliRunner().invoke(cli, ["zoo", "verify", "pancreas-ct-rotation", "--data",
+                                      str(data)])
+    assert result.exit_code == 1
+    assert "FAIL pancreas_000: 2 channel(s), the card says 1 (CT)" in result.output
+    assert "1 check(s) failed" in result.output
+    # A recipe file outside the zoo: the old pancreas recipe's centre pad (no resize) on a
+    # scan whose air was stored as 0 HU leaves the volume mostly padding.
+    text = (Path(zoo.__file__).resolve().parents[2] / "zoo" / "pancreas-ct-rotation.toml")
+    recipe = tmp_path / "pancreas-ct-rotation.toml"
+    recipe.write_text(text.read_text().replace("resize = [128, 128, 128]", "shape = [64, 64, 64]")
+                      .replace("input_size = 128", "input_size = 32"))
+    flat = write_ct_decathlon(tmp_path / "air0", rng, n=1, air=0.0, body=0.2)
+    result = CliRunner().invoke(cli, ["zoo", "verify", str(recipe), "--data", str(flat)])
+    assert result.exit_code == 1
+    failures = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert len(failures) == 1
+    assert "padding share 0.87 is above the recipe's limit 0.5" in failures[0]
+    result = CliRunner().invoke(cli, ["zoo", "verify", "pancreas-ct-rotation", "--data",
+                                      str(flat), "--cases", "0"])
+    assert result.exit_code == 2
