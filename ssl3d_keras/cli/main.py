@@ -29,6 +29,8 @@ COMMANDS = {
     "phantoms": ("ssl3d_keras.cli.phantoms:phantoms", "Write synthetic phantoms as a Decathlon dataset."),
     "show": ("ssl3d_keras.cli.show:show", "Draw phantoms or one example of a proxy task to a PNG."),
     "benchmark": ("ssl3d_keras.cli.benchmark:benchmark", "Measure pipeline and training speed here."),
+    "data-service": ("ssl3d_keras.cli.data_service:data_service",
+                     "Run the input pipeline on tf.data service workers."),
     "zoo": ("ssl3d_keras.cli.zoo:zoo", "List, describe and build the pretrained encoders."),
     "info": ("ssl3d_keras.cli.info:info", "Print versions, devices and the registered tasks."),
 }

@@ -215,10 +215,15 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
         seeds = tf.stack([seeds[0], tf.bitwise.bitwise_or(seeds[1], 1)])
         return _seeded_shuffle(volumes, shuffle_volumes, seeds)
 
+    def numbered_epoch(epoch):
+        # Global volume slot: epoch * n_volumes + position in the epoch. Numbered
+        # inside the epoch, so the epoch range is the stream's only source: a
+        # tf.data service that hands whole epochs to its workers keeps the slots.
+        first_slot = epoch * n_volumes if finite else 0
+        return epoch_volumes(epoch).enumerate(start=first_slot)
+
     last_epoch = np.iinfo(np.int64).max if repeat else 1
-    stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_volumes)
-    # Global volume slot: epoch * n_volumes + position in the epoch.
-    stream = stream.enumerate(start=first_epoch * n_volumes if finite else 0)
+    stream = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(numbered_epoch)
     stream = stream.skip(skip // crops_per_volume)
     if crops_per_volume > 1:
         stream = stream.flat_map(
