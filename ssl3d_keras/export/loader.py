@@ -47,14 +47,17 @@ def _recover(path):
                           f"restored here ({e})") from None
 
 
-def extract_cached(archive, *, cache=None):
-    """Extract a `.tar.gz` once into `<cache>/extracted/<sha256>/` (safely) and return it."""
+def extract_cached(archive, *, cache=None, **caps):
+    """Extract a `.tar.gz` once into `<cache>/extracted/<sha256>/` (safely) and return it.
+
+    `caps` (`max_bytes`, `max_members`) go to `ssl3d_keras.export.archive.safe_extract`.
+    """
     digest = sha256_file(archive)
     target = Path(cache or cache_dir()) / "extracted" / digest
     if target.is_dir():
         return target
     with atomic_dir(target) as tmp:
-        safe_extract(archive, tmp)
+        safe_extract(archive, tmp, **caps)
     return target
 
 
