@@ -127,3 +127,21 @@ def test_recipe_from_a_file_and_bad_arguments(tmp_path, rng):
         verify_recipe("pancreas-ct-rotaton", src)
     with pytest.raises(ConfigError, match="not found"):
         verify_recipe(tmp_path / "missing.toml", src)
+
+
+def test_fundus_photographs_are_resized_and_need_three_channels(tmp_path, rng):
+    from PIL import Image
+
+    def photographs(folder, mode, n=3):
+        folder.mkdir()
+        for i in range(n):
+            pixels = rng.integers(1, 256, size=(60, 90, 3), dtype=np.uint8)
+            Image.fromarray(pixels).convert(mode).save(folder / f"eye_{i}.png")
+        return folder
+
+    report = verify_recipe("aptos-fundus-rotation-2d", photographs(tmp_path / "rgb", "RGB"))
+    assert report.ok, report.failures()
+    assert {(c.shape, c.channels) for c in report.cases} == {((224, 224), 3)}
+    grey = verify_recipe("aptos-fundus-rotation-2d", photographs(tmp_path / "grey", "L"),
+                         cases=1)
+    assert grey.failures() == ["eye_0: 1 channel(s), the card says 3 (R, G, B)"]
