@@ -134,6 +134,15 @@ class DataConfig:
             resolves its config (equal to `path` when `path` is already prepared).
         layout: layout of a raw dataset for `prepare_dataset` ("auto" detects it).
         preprocess: `PreprocessConfig` fields for preparing a raw dataset.
+        include_unlabelled: a raw Decathlon dataset also gives its unlabelled
+            `imagesTs` cases (pretraining needs no labels).
+        holdout: cases a raw dataset leaves out before it is prepared, so
+            pretraining never sees the downstream test cases:
+            `{test_fraction = 0.2, seed = 0}` (the test split `ssl3d finetune`
+            draws with those split values) or `{cases = "splits.json"}` (a
+            fine-tuning run's splits.json, or a JSON list of ids). The
+            held-out ids are logged and recorded in the prepared manifest
+            (`held_out`). None holds nothing out.
         phantoms: the phantoms used when `path` is None.
         dim: 3 for volumes, 2 for images (3D sources are cut into 2D slices
             along `slice_axis`: the paper's 2D-slice baseline).
@@ -150,6 +159,8 @@ class DataConfig:
     prepared: str | None = None
     layout: str = "auto"
     preprocess: dict = dataclasses.field(default_factory=dict)
+    include_unlabelled: bool = False
+    holdout: dict | None = None
     phantoms: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
     dim: Literal[2, 3] = 3
     slice_axis: int = 0

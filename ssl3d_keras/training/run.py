@@ -72,10 +72,18 @@ def resolve_config(config, out_dir, *, verbose=True):
                 logger.info("%s is a raw dataset: preparing it into %s first", source, target)
                 preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
                 prepare_dataset(source, target, preprocess=preprocess, layout=data.layout,
-                                progress=verbose)
+                                progress=verbose, holdout=data.holdout,
+                                **({"unlabelled": True} if data.include_unlabelled else {}))
             data.prepared = str(target)
+        from ssl3d_keras.data.holdout import check_selection
+
+        check_selection(Manifest.read(data.prepared), holdout=data.holdout,
+                        include_unlabelled=data.include_unlabelled, key="data")
     else:
         data.prepared = None
+        if data.holdout is not None or data.include_unlabelled:
+            logger.warning("data.holdout and data.include_unlabelled apply to a dataset "
+                           "(data.path); the synthetic phantoms ignore them")
     data.resolved = _resolve_data(config)
     if config.epochs is not None:
         config.steps = max(1, math.ceil(config.epochs * data.resolved.examples_per_epoch
