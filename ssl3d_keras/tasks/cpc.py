@@ -26,6 +26,9 @@ column of every volume of the global batch (under a distribution strategy the
 targets of all replicas are gathered, see `ssl3d_keras.ops.replicas`). `loss="binary"` reproduces the
 old code: a sigmoid of the mean dot product, one negative per positive (the
 targets of a different column of the same scan, drawn by `transform`).
+InfoNCE scores cosine similarities divided by a temperature (0.1) by default,
+so a fresh network starts at the `log N` of uninformative codes whatever the
+scale of its codes (`similarity`).
 """
 
 import itertools
@@ -37,7 +40,6 @@ import tensorflow as tf
 from ssl3d_keras import losses
 from ssl3d_keras.config import check_choice, check_int
 from ssl3d_keras.errors import ConfigError
-from ssl3d_keras.ops import augment as augment_ops
 from ssl3d_keras.ops import patches as patch_ops
 from ssl3d_keras.ops import replicas as replica_ops
 from ssl3d_keras.tasks.base import ProxyTask
@@ -49,6 +51,11 @@ LOSSES = ("info_nce", "binary")
 DEFAULT_GRID = {3: 4, 2: 5}
 # Size kept by the old code's per-patch "random crop padded back" (3D 7/8, 2D 11/12).
 PATCH_CROP_FRACTION = {3: 7 / 8, 2: 11 / 12}
+# Spatial axes of a patch the old code flipped, each with probability 1/2, before the crop:
+# in 3D only the first (the grid's row axis, `np.flip(patch, 0)`), in 2D none.
+PATCH_FLIP_AXES = {3: (0,), 2: ()}
+# InfoNCE scores: cosine similarity (L2-normalised codes) or the plain dot product.
+SIMILARITIES = ("cosine", "dot")
 
 
 def _reflect(index, size):
@@ -141,13 +148,27 @@ class ContrastivePredictiveCodingTask(ProxyTask):
             at 128^3) and 5 in 2D (the authors' recipes).
         overlap: bool or `None`, cells overlap by 50 % (stride = patch / 2);
             `None` means `False` in 3D and `True` in 2D (the paper).
-        augment: bool, per-patch augmentation in training (random flips and a
-            random crop padded back to the patch size, as the old code).
-            Default `True`.
+        augment: bool, per-patch augmentation in training, as the old code:
+            a flip of the first spatial axis with probability 1/2 (3D only;
+            the old 2D code did not flip, `PATCH_FLIP_AXES`), then a random
+            crop padded back to the patch size. Default `True`.
         code_size: int, size of a patch code. Default 1024 (the paper).
         context_units: int, units of the context GRU. Default 256.
         loss: `"info_nce"` (default, the paper) or `"binary"` (the old code).
-        temperature: float, divides the InfoNCE scores. Default 1.0.
+        similarity: `"cosine"` (default) or `"dot"`, the InfoNCE score of a
+            prediction and a target. `"cosine"` L2-normalises both (so `call`
+            returns unit-length codes), as SimCLR and MoCo do: the raw dot
+            products of unnormalised codes grow with the input's intensity
+            scale and the initialisation, and put the loss of a fresh network
+            far above the `log N` of uninformative codes (9.8 against
+            log 128 = 4.85 for a tiny encoder without normalisation layers on
+            volumes of standard deviation 10); cosine scores keep it at
+            `log N` (4.86 there). `"dot"`
+            is the plain CPC score (configs saved before this option load
+            with it). `loss="binary"` always uses plain dot products, as the
+            old code.
+        temperature: float, divides the InfoNCE scores. Default 0.1 (for
+            cosine scores in [-1, 1]: SimCLR's range is 0.1-0.5, MoCo's 0.07-0.2).
         **kwargs: `name`, `trainable`, `dtype`; anything else is a `ConfigError`.
 
     `transform(volume, seed, training)` returns:
@@ -164,7 +185,8 @@ class ContrastivePredictiveCodingTask(ProxyTask):
     Returns (of `call`):
         dict with `"predictions"` and `"targets"`, float
         `(batch, columns, predict_steps, code_size)`: the predicted and the
-        encoded future codes of every column.
+        encoded future codes of every column (L2-normalised for InfoNCE with
+        `similarity="cosine"`).
 
     Example:
     ```python
@@ -187,11 +209,13 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         code_size=1024,
         context_units=256,
         loss="info_nce",
-        temperature=1.0,
+        similarity="cosine",
+        temperature=0.1,
         **kwargs,
     ):
         super().__init__(input_shape, encoder, **kwargs)
         check_choice("loss", loss, LOSSES)
+        check_choice("similarity", similarity, SIMILARITIES)
         check_int("code_size", code_size)
         check_int("context_units", context_units)
         if grid is not None:
@@ -205,6 +229,7 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         self.context_units = context_units
         # Not `self.loss`: keras.Model.compile() overwrites that attribute.
         self.loss_kind = loss
+        self.similarity = similarity
         self.temperature = float(temperature)
 
         self.cells_per_axis = DEFAULT_GRID[self.dim] if grid is None else grid
@@ -277,7 +302,8 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         return inputs, negatives
 
     def _augment_cells(self, cells, seed):
-        """Per patch: random flips, then a random crop padded back (zeros, centred)."""
+        """Per patch: the old code's flips (`PATCH_FLIP_AXES`), then a random crop padded
+        back (zeros, centred)."""
         crop = [max(1, int(s * PATCH_CROP_FRACTION[self.dim])) for s in self.patch_shape]
         pads = [
             ((s - c) // 2, s - c - (s - c) // 2)
@@ -285,10 +311,15 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         ]
         seeds = tf.random.experimental.stateless_split(seed, self.cells_per_axis**self.dim)
 
+        flip_axes = PATCH_FLIP_AXES[self.dim]
+
         def one(args):
             patch, patch_seed = args
             flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(patch_seed, 2))
-            patch = augment_ops.random_flip(patch, flip_seed)
+            flips = tf.random.stateless_uniform([len(flip_axes)], flip_seed) < 0.5
+            for i, axis in enumerate(flip_axes):
+                patch = tf.cond(flips[i], lambda p=patch, a=axis: tf.reverse(p, [a]),
+                                lambda p=patch: p)
             patch = patch_ops.random_crop(patch, crop, crop_seed)
             return tf.pad(patch, [*pads, (0, 0)])
 
@@ -311,6 +342,9 @@ class ContrastivePredictiveCodingTask(ProxyTask):
             predictions, (batch, self.num_columns, self.predict_steps, self.code_size)
         )
         targets = tf.gather(codes, self.target_cells, axis=1)  # (batch, columns, k, code)
+        if self.loss_kind == "info_nce" and self.similarity == "cosine":
+            predictions = tf.math.l2_normalize(predictions, axis=-1, epsilon=1e-12)
+            targets = tf.math.l2_normalize(targets, axis=-1, epsilon=1e-12)
         return {"predictions": predictions, "targets": targets}
 
     def loss_and_accuracy(self, target, outputs):
@@ -362,5 +396,11 @@ class ContrastivePredictiveCodingTask(ProxyTask):
             "code_size": self.code_size,
             "context_units": self.context_units,
             "loss": self.loss_kind,
+            "similarity": self.similarity,
             "temperature": self.temperature,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before `similarity` existed scored InfoNCE with plain dot products.
+        return super().from_config({"similarity": "dot", **config})

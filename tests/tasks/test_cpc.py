@@ -2,6 +2,7 @@
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -109,27 +110,40 @@ def test_2d_patches_overlap_by_half():
 
 
 def test_training_patches_are_flipped_crops_padded_back():
+    # The old code (preprocess_cpc.py): `np.flip(patch, 0)` with probability 1/2, then a
+    # random 7/8 crop padded back. Only the first axis flips.
     task = make_task(3)
     volume = random_volume(3)
     clean, _ = task.transform(volume, tf.constant([4, 4]), training=False)
     augmented, _ = task.transform(volume, tf.constant([4, 4]), training=True)
     crop = 7  # 7/8 of an 8-voxel patch, padded back with (0, 1) zeros per axis
-    flips_seen = set()
+    flips_seen = []
     for i, j, k in itertools.product(range(4), repeat=3):
         patch, original = augmented[i, j, k].numpy(), clean[i, j, k].numpy()
         assert not patch[crop:].any() and not patch[:, crop:].any() and not patch[:, :, crop:].any()
         matches = []
         for flips in itertools.product((False, True), repeat=3):
-            flipped = (
-                np.flip(original, [a for a in range(3) if flips[a]]) if any(flips) else original
-            )
+            axes = [a for a in range(3) if flips[a]]
+            flipped = np.flip(original, axes) if axes else original
             for start in itertools.product((0, 1), repeat=3):
                 window = flipped[tuple(slice(s, s + crop) for s in start)]
                 if np.array_equal(window, patch[:crop, :crop, :crop]):
                     matches.append(flips)
-        assert matches, f"patch {(i, j, k)} is not a flipped crop of its cell"
-        flips_seen.add(matches[0])
-    assert len(flips_seen) > 2  # flips vary per patch
+        assert len(matches) == 1, f"patch {(i, j, k)}: {matches}"
+        assert matches[0][1:] == (False, False), "only the first axis may flip"
+        flips_seen.append(matches[0][0])
+    assert 16 <= sum(flips_seen) <= 48  # 64 patches, each flipped with probability 1/2
+
+
+def test_2d_training_patches_are_never_flipped():
+    task = make_task(2)  # overlapping 10 x 10 patches; crop int(10 * 11 / 12) = 9
+    volume = random_volume(2)
+    clean, _ = task.transform(volume, tf.constant([4, 4]), training=False)
+    augmented, _ = task.transform(volume, tf.constant([4, 4]), training=True)
+    for i, j in itertools.product(range(5), repeat=2):
+        patch, original = augmented[i, j].numpy()[:9, :9], clean[i, j].numpy()
+        windows = [original[a : a + 9, b : b + 9] for a in (0, 1) for b in (0, 1)]
+        assert any(np.array_equal(patch, w) for w in windows), (i, j)
 
 
 def test_augment_off_keeps_training_patches_clean():
@@ -169,7 +183,13 @@ def test_targets_are_the_codes_of_the_cells_below_each_column():
     )
     _, target_cells = pyramid_cells(4, 3)
     expected = codes[:, target_cells]  # (2, 16, 2, 6)
+    expected /= np.linalg.norm(expected, axis=-1, keepdims=True)  # cosine scores: unit codes
     np.testing.assert_allclose(outputs["targets"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    raw = make_task(3, similarity="dot")
+    raw(inputs, training=False)
+    raw.set_weights(task.get_weights())
+    np.testing.assert_allclose(raw(inputs, training=False)["targets"].numpy(),
+                               codes[:, target_cells], rtol=1e-5, atol=1e-6)
 
 
 def test_info_nce_loss_matches_numpy_over_batch_and_positions():
@@ -182,7 +202,8 @@ def test_info_nce_loss_matches_numpy_over_batch_and_positions():
     total, hits, count = 0.0, 0, 0
     for k in range(2):
         pk, tk = p[:, :, k].reshape(32, 6), t[:, :, k].reshape(32, 6)  # 32 candidates
-        scores = pk @ tk.T
+        np.testing.assert_allclose(np.linalg.norm(pk, axis=1), 1, rtol=1e-5)
+        scores = pk @ tk.T / 0.1  # cosine similarity over the default temperature
         total -= np.trace(np_log_softmax(scores))
         hits += int((scores.argmax(axis=1) == np.arange(32)).sum())
         count += 32
@@ -239,6 +260,7 @@ def test_2d_forward_shapes():
         ({"grid": 2.5}, "grid"),
         ({"grid": 16}, "grid"),  # 2-voxel patches, smaller than the encoder's minimum 4
         ({"temperature": 0}, "temperature"),
+        ({"similarity": "cos"}, "similarity"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs, key):
@@ -259,3 +281,50 @@ def test_volume_of_another_shape_is_rejected():
     task = make_task(3)
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         task.transform(np.zeros((24, 32, 32, 1), np.float32), tf.constant([0, 0]))
+
+
+# --- InfoNCE at initialisation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_fresh_info_nce_loss_is_near_log_candidates(scale):
+    # Volumes of standard deviation 10 (unnormalised intensities) through an encoder without
+    # normalisation layers: raw dot products of the codes are large, cosine scores are not.
+    keras.utils.set_random_seed(0)
+    encoder = {**TINY, "norm": "none"}
+    volumes = (np.random.default_rng(0).normal(size=(8, 32, 32, 32, 1)) * scale).astype("float32")
+
+    def initial_loss(**kwargs):
+        keras.utils.set_random_seed(0)
+        task = tasks.get("cpc", input_shape=(32, 32, 32, 1), encoder=dict(encoder),
+                         code_size=64, context_units=32, **kwargs)
+        pairs = [task.transform(v, tf.constant([i, 7]), training=False) for i, v in enumerate(volumes)]
+        inputs, target = tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+        loss, _ = task.loss_and_accuracy(target, task(inputs, training=True))
+        return float(loss), task.chance_accuracy
+
+    loss, chance = initial_loss()
+    log_n = np.log(1 / chance)  # 8 volumes x 16 columns = 128 candidates
+    assert chance == pytest.approx(1 / 128)
+    assert abs(loss - log_n) < 0.15 * log_n, (loss, log_n)
+    if scale == 10.0:  # what the cosine scores fix
+        dot_loss, _ = initial_loss(similarity="dot", temperature=1.0)
+        assert dot_loss > 1.5 * log_n, (dot_loss, log_n)
+
+
+def test_similarity_round_trip_and_old_configs_score_dot_products():
+    task = make_task(3)
+    assert (task.similarity, task.temperature) == ("cosine", 0.1)
+    config = task.get_config()
+    assert type(task).from_config(config).similarity == "cosine"
+    # Saved before `similarity` existed: plain dot products (they also stored temperature 1).
+    legacy = {k: v for k, v in config.items() if k != "similarity"}
+    old = type(task).from_config({**legacy, "temperature": 1.0})
+    assert (old.similarity, old.temperature) == ("dot", 1.0)
+
+
+def test_binary_loss_keeps_raw_codes():
+    task = make_task(3, loss="binary")
+    inputs, _ = batch_of(task, 1, training=False)
+    norms = np.linalg.norm(task(inputs)["targets"].numpy(), axis=-1)
+    assert not np.allclose(norms, 1.0)
