@@ -1,6 +1,7 @@
 """The zoo: every recipe parses into a PretrainConfig, builds or says plainly why not,
 and the recipes ship inside the wheel."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,9 +23,37 @@ TASKS = ("cpc", "rotation", "jigsaw", "rpl", "exemplar")
 def test_every_paper_and_phantom_recipe_is_there():
     names = set(zoo.list_recipes())
     for task in TASKS:
-        assert {f"ukb-brain-{task}", f"pancreas-ct-{task}", f"aptos-fundus-{task}-2d",
-                f"phantom-{task}"} <= names
+        assert {f"ukb-brain-{task}", f"pancreas-ct-{task}", f"pancreas-ct-{task}-2d",
+                f"aptos-fundus-{task}-2d", f"phantom-{task}"} <= names
     assert names == {p.stem for p in (REPO / "zoo").glob("*.toml")}
+
+
+# The authors' pretraining configs at HealthML/self-supervised-3d-tasks@ecc86ef
+# (self_supervised_3d_tasks/configs/train/<file>): batch_size, lr, epochs, and the patch
+# jitter of jigsaw/rpl, as the files state them. Their batch counts examples; the recipes'
+# batch_size counts volumes, crops or images (see each recipe's `deviations`).
+AUTHORS = {
+    "pancreas-ct": ("{task}_3d.json", {"rotation": 4, "jigsaw": 8, "rpl": 32, "exemplar": 2,
+                                       "cpc": 32}, 1e-4, 1000, 3),
+    "pancreas-ct-2d": ("{task}_2d_pancreas.json", {"rotation": 64, "jigsaw": 64, "rpl": 64,
+                                                   "exemplar": 64, "cpc": 256}, 1e-5, 250, 4),
+    "ukb-brain": ("{task}_3d_ukb.json", {"rotation": 4, "jigsaw": 8, "rpl": 32, "exemplar": 2,
+                                         "cpc": 32}, 1e-4, 1000, 3),
+    "aptos-fundus-2d": ("{task}_2d.json", {"rotation": 32, "jigsaw": 32, "rpl": 32,
+                                           "exemplar": 16, "cpc": 64}, 1e-5, 1000, 8),
+}
+# CPC's examples per volume (2 x grid**(dim-1): a positive and a negative per column) and
+# the crops UK Biobank's loader cuts per scan, which turn their batch into ours.
+CPC_EXAMPLES = {3: 32, 2: 10}
+UKB_CROPS = 2
+
+
+def _family(name):
+    for task in TASKS:
+        if f"-{task}" in name:
+            stem = name.replace(f"-{task}", "")
+            return stem, task
+    raise AssertionError(name)
 
 
 @pytest.mark.parametrize("name", zoo.list_recipes())
@@ -34,12 +63,15 @@ def test_recipe_is_valid_and_has_a_card(name):
     assert isinstance(config, PretrainConfig) and config.task in list_tasks()
     assert config.data.path == "/data/somewhere"
     assert recipe.card.startswith(f"# {name}:") and "## Load it" in recipe.card
+    # The card is the rendering of the recipe (a build may add its metadata before "Load it").
+    rendered = zoo.render_card(recipe).split("\n## Load it")[0]
+    assert recipe.card.startswith(rendered), "regenerate: python tools/zoo_admin.py cards"
     assert recipe.expected.get("proxy_metric")  # a number or an honest "not reported"
     assert not recipe.published and "not published" in recipe.artifact.status
+    assert recipe.sources and "## Sources" in recipe.card
     if recipe.paper:
         assert recipe.needs_data
-        assert config.optimizer.name == "adam" and config.epochs == 1000
-        assert config.optimizer.learning_rate == (1e-3 if name == "ukb-brain-cpc" else 1e-4)
+        assert config.optimizer.name == "adam" and config.optimizer.schedule == "constant"
         if recipe.architecture == "unet":
             assert config.encoder == {"depth": 4, "base_filters": 16, "bottleneck_filters": 256,
                                       "norm": "batch", "dropout": 0.5, "final_pool": True}
@@ -47,8 +79,59 @@ def test_recipe_is_valid_and_has_a_card(name):
         else:
             assert config.encoder == {"architecture": recipe.architecture}
             assert config.data.dim == 2 and config.data.layout == "images2d"
+            assert config.data.input_size == 224
+            assert config.data.preprocess["resize"] == [224, 224]
     if config.task == "jigsaw" and recipe.paper:
         assert config.task_config["num_permutations"] == 100
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_recipes() if not n.startswith("phantom")])
+def test_paper_recipes_carry_the_authors_values_and_say_where_from(name):
+    recipe = zoo.get_recipe(name)
+    config = zoo.recipe_config(recipe)
+    family, task = _family(name)
+    file, batches, lr, epochs, jitter = AUTHORS[family]
+    file = file.format(task=task)
+    assert config.optimizer.learning_rate == (1e-3 if name == "ukb-brain-cpc" else lr)
+    assert config.epochs == epochs
+    theirs = batches[task]
+    if task == "cpc":
+        theirs = round(theirs / CPC_EXAMPLES[config.data.dim])
+    elif family == "ukb-brain":
+        assert config.data.crops_per_volume == UKB_CROPS
+    assert config.batch_size == theirs
+    if task in ("jigsaw", "rpl"):
+        assert (config.task_config["grid"], config.task_config["jitter"]) == (3, jitter)
+    # The source names the authors' config file at the commit read.
+    assert any(f"HealthML/self-supervised-3d-tasks@ecc86ef `self_supervised_3d_tasks/configs/"
+               f"train/{file}`" in line for line in recipe.sources), recipe.sources
+    assert "## Deviations from the authors' code" in recipe.card and recipe.deviations
+    if config.batch_size != batches[task]:
+        assert any(line.startswith(f"Batch size {config.batch_size}:")
+                   for line in recipe.deviations)
+    text = tomllib.loads((REPO / "zoo" / f"{name}.toml").read_text())
+    assert "assum" not in json.dumps(text), "a paper recipe states sources, not assumptions"
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.list_recipes() if n.startswith("pancreas-ct")])
+def test_pancreas_recipes_crop_ct_air_resize_and_hold_out_test_cases(name):
+    config = zoo.recipe_config(zoo.get_recipe(name))
+    prep = config.data.preprocess
+    assert prep["crop_foreground"] is True and prep["foreground_threshold"] == -500
+    assert prep["resize"] == [128, 128, 128] and "shape" not in prep
+    assert config.data.include_unlabelled is True
+    assert config.data.holdout == {"test_fraction": 0.2, "seed": 0}
+    if name.endswith("-2d"):
+        assert (config.data.dim, config.data.slice_axis) == (2, 2)
+
+
+def test_quoted_dice_values_name_their_source():
+    for name in zoo.list_recipes():
+        downstream = zoo.get_recipe(name).data.downstream
+        if "Dice at" in downstream:
+            assert name.startswith("ukb-brain-")
+            assert "plot_results.py` `get_brats_data()`" in downstream
+            assert "b2bced1" in downstream and "Uncertain" in downstream
 
 
 def test_channels_match_the_data():

@@ -20,7 +20,7 @@ def test_list_shows_every_recipe_with_its_card():
         name = line.split()[0]
         assert ("builds here" in line) == name.startswith("phantom-")
     paper = CliRunner().invoke(cli, ["zoo", "list", "--paper"]).output.strip().splitlines()
-    assert len(paper) == 15 and not any(line.startswith("phantom") for line in paper)
+    assert len(paper) == 20 and not any(line.startswith("phantom") for line in paper)
 
 
 def test_info_and_card():
