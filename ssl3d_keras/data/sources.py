@@ -138,8 +138,8 @@ class VolumeSource(DatasetSource):
                                     frame=frame) for p in case.images]
         first = volumes[0]
         for name, vol in zip(self.channel_names[1:], volumes[1:], strict=False):
-            nifti.check_same_grid(case.case_id, first.array.shape[:3], first.affine,
-                                  vol.array.shape[:3], vol.affine, what=f"channel '{name}'")
+            vol.array = nifti.match_grid(case.case_id, first.array.shape[:3], first.affine,
+                                         vol.array, vol.affine, what=f"channel '{name}'")
         image = (first.array if len(volumes) == 1
                  else np.concatenate([v.array for v in volumes], axis=-1))
         if self.channel_names and image.shape[-1] != len(self.channel_names):
@@ -150,8 +150,8 @@ class VolumeSource(DatasetSource):
             label, label_affine, _ = nifti.load_label(case.label)
             for old, new in self.label_remap.items():
                 label[label == old] = new
-            nifti.check_same_grid(case.case_id, image.shape[:3], first.affine, label.shape,
-                                  label_affine)
+            label = nifti.match_grid(case.case_id, image.shape[:3], first.affine, label,
+                                     label_affine)
             if self.label_names is not None:
                 nifti.check_label_values(f"{case.case_id} ({case.label})", label,
                                          self.label_names)
