@@ -17,6 +17,7 @@ Example:
 ...     on_error="skip")
 """
 
+import json
 import logging
 import platform
 import sys
@@ -107,6 +108,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
                         affine=loaded.affine, case_id=case.case_id,
                         source=loaded.sources[0] if loaded.sources else None)
                     sha = {p: _sha256(p, hashes, shard_io) for p in loaded.sources}
+                    _check_json_finite(case.case_id, info, loaded.spacing)
                 except DataError as e:
                     if on_error == "fail":
                         raise
@@ -121,8 +123,7 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
             first = f"; first: {skipped[0]['reason']}" if skipped else ""
             raise DataError(src, f"no case could be prepared ({len(skipped)} skipped{first})")
     except BaseException:
-        for shard in writer.shards:  # a failed prepare leaves no shards behind
-            (out_dir / shard["path"]).unlink(missing_ok=True)
+        _remove_shards(out_dir, writer.shards)  # a failed prepare leaves no shards behind
         raise
 
     manifest = Manifest(
@@ -142,7 +143,12 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
         created_by=_versions(),
         held_out=held_out,
     )
-    manifest.write(out_dir)
+    try:
+        manifest.write(out_dir)
+    except BaseException:
+        # Without this, shards without a manifest would block every rerun (`pretrain --data`).
+        _remove_shards(out_dir, writer.shards)
+        raise
     _warn_padding(manifest, config.max_padding_share)
     return manifest
 
@@ -205,6 +211,21 @@ def _case_entry(case, loaded, info, sha, shard):
     if case.grade is not None:
         entry["grade"] = int(case.grade)
     return entry
+
+
+def _remove_shards(out_dir, shards):
+    for shard in shards:
+        (out_dir / shard["path"]).unlink(missing_ok=True)
+
+
+def _check_json_finite(case_id, info, spacing):
+    """A case whose record holds NaN/Inf is a bad case, not a manifest that cannot be written."""
+    try:
+        json.dumps({"info": info, "spacing": [float(s) for s in spacing]}, allow_nan=False)
+    except ValueError:
+        raise DataError(case_id, f"preprocessing gave non-finite values (NaN or Inf) in its "
+                        f"record. Received spacing {tuple(spacing)}, "
+                        f"normalization {info.get('normalization')}") from None
 
 
 def _case_files(case):
