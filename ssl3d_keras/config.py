@@ -16,6 +16,7 @@ Optim(learning_rate=0.001)
 import dataclasses
 import difflib
 import json
+import math
 import numbers
 import tomllib
 import types
@@ -25,8 +26,8 @@ from pathlib import Path
 from ssl3d_keras.errors import ConfigError
 
 
-def check_int(key, value, minimum=1):
-    """Raise a `ConfigError` unless `value` is an int (not a bool) >= `minimum`.
+def check_int(key, value, minimum=1, maximum=None):
+    """Raise a `ConfigError` unless `value` is an int (not a bool) in `[minimum, maximum]`.
 
     Example:
 
@@ -37,6 +38,42 @@ def check_int(key, value, minimum=1):
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(key, f"expected an int >= {minimum}. Received: {key}={value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"expected an int <= {maximum}. Received: {key}={value!r}")
+
+
+def check_number(key, value, *, low=None, high=None, low_open=False):
+    """Raise a `ConfigError` unless `value` is a finite number (not a bool) in range.
+
+    Args:
+        key: dotted key named in the error.
+        value: the value received.
+        low, high: inclusive bounds, or None for none.
+        low_open: exclude `low` itself (e.g. a learning rate must be > 0).
+
+    Example:
+
+    >>> check_number("optimizer.alpha", 1.5, low=0, high=1)
+    Traceback (most recent call last):
+    ...
+    ssl3d_keras.errors.ConfigError: config key 'optimizer.alpha': expected a finite number in [0, 1]. Received: optimizer.alpha=1.5
+    """
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+          and math.isfinite(value)
+          and (low is None or value > low or (value == low and not low_open))
+          and (high is None or value <= high))
+    if not ok:
+        lower = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        upper = "" if high is None else f"{high}]"
+        if low is not None and high is not None:
+            where = f" in {lower}, {upper}"
+        elif low is not None:
+            where = f" {'>' if low_open else '>='} {low}"
+        elif high is not None:
+            where = f" <= {high}"
+        else:
+            where = ""
+        raise ConfigError(key, f"expected a finite number{where}. Received: {key}={value!r}")
 
 
 def check_choice(key, value, choices):
@@ -102,6 +139,12 @@ def from_dict(cls, data, prefix=""):
             raise ConfigError(dotted, f"unknown key{closest(key, fields)}; "
                               f"known keys: {', '.join(sorted(fields))}")
         values[key] = _coerce(hints[key], value, dotted)
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        dotted = f"{prefix}.{missing[0]}" if prefix else missing[0]
+        raise ConfigError(dotted, f"required key missing (required: {', '.join(missing)}). "
+                          f"Received: {data!r}")
     return cls(**values)
 
 
@@ -123,7 +166,8 @@ def _coerce(hint, value, dotted):
                 errors.append(e)
         raise errors[0] if errors else ConfigError(dotted, f"invalid value {value!r}")
     if origin is typing.Literal:
-        if value not in args:
+        # By type as well: `True == 1` and `3.0 == 3`, but neither is the choice 1 or 3.
+        if not any(value == arg and type(value) is type(arg) for arg in args):
             raise ConfigError(dotted, f"must be one of {list(args)}{closest(value, args)}. "
                               f"Received: {value!r}")
         return value
@@ -168,19 +212,30 @@ def read_config_file(path):
     """Read a `.toml` or `.json` file into a dict.
 
     Raises:
-        ConfigError: the file is missing, has another suffix, or does not parse.
+        ConfigError: the file is missing or unreadable, has another suffix, is
+            not UTF-8 text, does not parse, or does not hold a table of keys.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "config file not found")
+    if path.suffix not in (".toml", ".json"):
+        raise ConfigError(str(path), "expected a .toml or .json file. "
+                          f"Received suffix {path.suffix!r}")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), f"is not UTF-8 text (byte {e.start} is "
+                          f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot be read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(str(path), f"does not parse: {e}") from None
-    raise ConfigError(str(path), f"expected a .toml or .json file. Received suffix {path.suffix!r}")
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "expected a table of keys at the top of the file. "
+                          f"Received a {type(data).__name__}: {str(data)[:80]}")
+    return data
 
 
 def set_dotted(data, dotted, value):

@@ -77,3 +77,47 @@ def test_overrides_parse_values_and_nest():
                     "size": [8, 8, 8]}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["steps"])
+
+
+def test_check_number_wants_a_finite_number_in_range():
+    from ssl3d_keras.config import check_number
+
+    check_number("a", 0.0, low=0, high=1)
+    check_number("a", 1, low=0, high=1)
+    for bad in (float("nan"), float("inf"), -1e-9, 1.5, True, "0.5", None):
+        with pytest.raises(ConfigError) as info:
+            check_number("a", bad, low=0, high=1)
+        assert info.value.key == "a" and repr(bad) in str(info.value)
+    with pytest.raises(ConfigError, match="> 0"):
+        check_number("lr", 0, low=0, low_open=True)
+
+
+def test_check_int_upper_bound():
+    from ssl3d_keras.config import check_int
+
+    check_int("seed", 2**32 - 1, 0, 2**32 - 1)
+    with pytest.raises(ConfigError, match="<= 4294967295. Received: seed=4294967296"):
+        check_int("seed", 2**32, 0, 2**32 - 1)
+
+
+def test_a_missing_required_key_is_named():
+    @dataclasses.dataclass
+    class Facts:
+        shape: list[int]
+        channels: int = 1
+
+    with pytest.raises(ConfigError) as info:
+        from_dict(Facts, {"channels": 2}, prefix="data.resolved")
+    assert info.value.key == "data.resolved.shape"
+
+
+def test_config_files_that_are_not_tables_or_not_text(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="table of keys at the top.*Received a list"):
+        read_config_file(tmp_path / "list.json")
+    (tmp_path / "latin.toml").write_bytes("seed = 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.toml.*not UTF-8 text \(byte 14"):
+        read_config_file(tmp_path / "latin.toml")
+    (tmp_path / "scalar.json").write_text("3")
+    with pytest.raises(ConfigError, match="Received a int"):
+        read_config_file(tmp_path / "scalar.json")

@@ -38,6 +38,7 @@ OPTION_KEYS = {
     "seed": "seed",
     "strategy": "strategy",
     "precision": "precision",
+    "learning_rate": "optimizer.learning_rate",
 }
 # Tables replaced whole by a later layer rather than merged key by key: their
 # keys belong to one task or one network.
@@ -89,6 +90,8 @@ def _config_table(config):
         table, where = config, "the config"
     else:
         table, where = read_config_file(config), str(config)
+    if not isinstance(table, dict):
+        raise ConfigError(where, f"expected a table of keys. Received: {table!r}")
     if isinstance(table.get("pretrain"), dict):
         # A zoo recipe: its [pretrain] table is the PretrainConfig; the rest is its card.
         table = table["pretrain"]
@@ -112,7 +115,7 @@ def assemble_config(task=None, *, config=None, stored=None, data=None, steps=Non
         overrides: `key=value` strings (`ssl3d_keras.config.apply_overrides`).
         prefix: dotted prefix of the keys in error messages (e.g. the recipe file).
         **options: `batch_size`, `input_size`, `dim`, `seed`, `strategy`,
-            `precision` (None = not given).
+            `precision`, `learning_rate` (None = not given).
 
     Returns:
         A `PretrainConfig` (not yet resolved against the data: see
@@ -130,6 +133,9 @@ def assemble_config(task=None, *, config=None, stored=None, data=None, steps=Non
         raise ConfigError("steps", "give steps or epochs, not both. "
                           f"Received: steps={steps}, epochs={epochs}")
     table, where = _config_table(config) if config is not None else ({}, None)
+    if stored is not None and not isinstance(stored, dict):
+        raise ConfigError("config.json", "the stored config of the run is not a table of keys. "
+                          f"Received a {type(stored).__name__}")
     if stored is not None:
         base = stored
     elif config is not None:

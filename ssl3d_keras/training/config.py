@@ -23,6 +23,9 @@ import copy
 import dataclasses
 from typing import Literal
 
+from ssl3d_keras.config import check_choice, check_int, check_number
+from ssl3d_keras.errors import ConfigError
+
 # A reduced U-Net encoder for the quick demonstration run; the paper's is
 # depth 4, base 16. Depth 2 (inputs >= 8 voxels) also fits the 13^3 patches of
 # jigsaw and rpl at 48^3.
@@ -260,6 +263,13 @@ class PretrainConfig:
         monitor: a `MonitorConfig`: held-out proxy scores and the downstream
             probe every `monitor.every` steps, and the best checkpoint (off by
             default).
+        on_nonfinite: what a NaN/Inf loss or update does: "stop" (the default:
+            the run stops, its last good checkpoint kept) or "skip" (the step's
+            update is undone and counted; the run goes on).
+        max_nonfinite_skips: with "skip", the run still stops after this many
+            non-finite steps in a row.
+        resumed_changes: filled in by the run (never set by hand): one record per
+            key changed on resume (`step`, `key`, `old`, `new`).
     """
 
     task: str = "rotation"
@@ -278,53 +288,71 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_nonfinite_skips: int = 10
+    resumed_changes: list[dict] = dataclasses.field(default_factory=list)
+
+
+# Seeds reach `numpy.random.seed`, which takes 0 <= seed < 2**32 (TensorFlow's
+# stateless seeds take any int64, so numpy is the narrower bound).
+MAX_SEED = 2**32 - 1
+# Step counts and sizes are stored in int64 TensorFlow variables and tensors.
+MAX_INT = 2**63 - 1
+# make_phantom draws its head in at least 8 voxels per axis.
+MIN_PHANTOM_SIZE = 8
 
 
 def validate(config):
     """Check the values of a `PretrainConfig` that types alone cannot.
 
-    Raises:
-        ConfigError: naming the first invalid key.
-    """
-    from ssl3d_keras.errors import ConfigError
+    Every key is checked before any work starts (no data read, no model
+    built); the checks that need the data's input shape are in
+    `ssl3d_keras.training.run.check_config`.
 
-    for key in ("every", "validation_examples", "validation_volumes", "probe_cases",
-                "probe_steps", "probe_patch_size"):
-        value = getattr(config.monitor, key)
-        if value < (0 if key == "every" else 1):
-            raise ConfigError(f"monitor.{key}", f"must be >= {0 if key == 'every' else 1}. "
-                              f"Received: {value!r}")
-    positive = {
+    Raises:
+        ConfigError: naming the first invalid key and the value received.
+    """
+    for key, value in (("task_config", config.task_config), ("encoder", config.encoder),
+                       ("data.preprocess", config.data.preprocess)):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table of keys. Received: {value!r}")
+    if not isinstance(config.task, str) or not config.task:
+        raise ConfigError("task", f"expected a task name. Received: {config.task!r}")
+    monitor = config.monitor
+    check_int("monitor.every", monitor.every, 0, MAX_INT)
+    for key in ("validation_examples", "validation_volumes", "probe_cases", "probe_steps",
+                "probe_patch_size"):
+        check_int(f"monitor.{key}", getattr(monitor, key), 1, MAX_INT)
+    counts = {
         "steps": config.steps,
         "batch_size": config.batch_size,
         "checkpoint_every": config.checkpoint_every,
         "keep_checkpoints": config.keep_checkpoints,
         "log_every": config.log_every,
+        "max_nonfinite_skips": config.max_nonfinite_skips,
         "data.crops_per_volume": config.data.crops_per_volume,
+        "data.shuffle_volumes": config.data.shuffle_volumes,
         "data.phantoms.n": config.data.phantoms.n,
-        "data.phantoms.size": config.data.phantoms.size,
         "data.phantoms.channels": config.data.phantoms.channels,
     }
     if config.epochs is not None:
-        positive["epochs"] = config.epochs
+        counts["epochs"] = config.epochs
     if config.data.input_size is not None:
-        positive["data.input_size"] = config.data.input_size
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(key, f"must be a positive integer. Received: {value!r}")
-    if config.optimizer.learning_rate <= 0:
-        raise ConfigError("optimizer.learning_rate",
-                          f"must be > 0. Received: {config.optimizer.learning_rate!r}")
-    if config.optimizer.warmup_steps < 0:
-        raise ConfigError("optimizer.warmup_steps",
-                          f"must be >= 0. Received: {config.optimizer.warmup_steps!r}")
-    if config.optimizer.clipnorm is not None and config.optimizer.global_clipnorm is not None:
-        raise ConfigError("optimizer.clipnorm",
-                          "set only one of clipnorm and global_clipnorm. Received both: "
-                          f"{config.optimizer.clipnorm!r}, {config.optimizer.global_clipnorm!r}")
-    if config.data.slice_axis not in (0, 1, 2):
-        raise ConfigError("data.slice_axis",
-                          f"must be 0, 1 or 2. Received: {config.data.slice_axis!r}")
+        counts["data.input_size"] = config.data.input_size
+    for key, value in counts.items():
+        check_int(key, value, 1, MAX_INT)
+    check_int("data.phantoms.size", config.data.phantoms.size, MIN_PHANTOM_SIZE, MAX_INT)
+    check_int("seed", config.seed, 0, MAX_SEED)
+    check_int("data.phantoms.seed", config.data.phantoms.seed, 0, MAX_SEED)
+    check_choice("data.slice_axis", config.data.slice_axis, (0, 1, 2))
+    for key, value in (("data.path", config.data.path),
+                       ("monitor.validation_data", monitor.validation_data),
+                       ("monitor.probe_data", monitor.probe_data)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            # Path("") is the working directory: never read it by accident.
+            raise ConfigError(key, f"expected a folder path or None. Received: {key}={value!r}")
+    check_choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
+    _validate_optimizer(config.optimizer)
     for key in ("input_shape", "encoder"):
         if key in config.task_config:
             raise ConfigError(f"task_config.{key}",
@@ -336,3 +364,19 @@ def validate(config):
                           f"is larger than the phantoms (data.phantoms.size="
                           f"{config.data.phantoms.size}). Received: {config.data.input_size}")
     return config
+
+
+def _validate_optimizer(optimizer):
+    check_number("optimizer.learning_rate", optimizer.learning_rate, low=0, low_open=True)
+    if optimizer.weight_decay is not None:
+        check_number("optimizer.weight_decay", optimizer.weight_decay, low=0)
+    check_int("optimizer.warmup_steps", optimizer.warmup_steps, 0, MAX_INT)
+    check_number("optimizer.alpha", optimizer.alpha, low=0, high=1)
+    for key in ("clipnorm", "global_clipnorm"):
+        value = getattr(optimizer, key)
+        if value is not None:
+            check_number(f"optimizer.{key}", value, low=0, low_open=True)
+    if optimizer.clipnorm is not None and optimizer.global_clipnorm is not None:
+        raise ConfigError("optimizer.clipnorm",
+                          "set only one of clipnorm and global_clipnorm. Received both: "
+                          f"{optimizer.clipnorm!r}, {optimizer.global_clipnorm!r}")

@@ -9,19 +9,21 @@ run directory alone, even after the data folder moved or was deleted.
 """
 
 import copy
+import inspect
 import logging
 import math
+import numbers
 from pathlib import Path
 
-from ssl3d_keras.config import from_dict
-from ssl3d_keras.errors import ConfigError, DataError
+from ssl3d_keras.config import KERAS_MODEL_KWARGS, check_choice, check_int, closest, from_dict
+from ssl3d_keras.errors import ConfigError, DataError, Ssl3dError
 from ssl3d_keras.training.checkpoints import RunCheckpoints, read_json
 from ssl3d_keras.training.config import PretrainConfig, ResolvedData, validate
 from ssl3d_keras.training.rundir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE, RunDir
 
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "SUMMARY_FILE", "as_config", "build_task",
-           "differing_keys", "examples_per_epoch", "input_shape", "load_run", "read_run_config",
-           "resolve_config"]
+           "check_config", "differing_keys", "encoder_min_input_size", "examples_per_epoch",
+           "input_shape", "load_run", "read_run_config", "resolve_config"]
 
 logger = logging.getLogger("ssl3d_keras")
 
@@ -54,6 +56,7 @@ def resolve_config(config, out_dir, *, verbose=True):
     from ssl3d_keras.data.manifest import Manifest
 
     config = validate(as_config(config))
+    check_config(config)  # before preparing anything; again below with the data's shape
     data = config.data
     if data.path is not None:
         source = Path(data.path)
@@ -71,8 +74,14 @@ def resolve_config(config, out_dir, *, verbose=True):
 
                 logger.info("%s is a raw dataset: preparing it into %s first", source, target)
                 preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
+                # The run owns OUT/prepared: files there without a manifest are the
+                # leftovers of its own prepare, interrupted; prepare them again.
+                interrupted = target.is_dir() and any(target.iterdir())
+                if interrupted:
+                    logger.warning("%s holds the leftovers of an interrupted prepare; "
+                                   "preparing again", target)
                 prepare_dataset(source, target, preprocess=preprocess, layout=data.layout,
-                                progress=verbose, holdout=data.holdout,
+                                progress=verbose, overwrite=interrupted, holdout=data.holdout,
                                 **({"unlabelled": True} if data.include_unlabelled else {}))
             data.prepared = str(target)
         from ssl3d_keras.data.holdout import check_selection
@@ -88,7 +97,147 @@ def resolve_config(config, out_dir, *, verbose=True):
     if config.epochs is not None:
         config.steps = max(1, math.ceil(config.epochs * data.resolved.examples_per_epoch
                                         / config.batch_size))
+    return check_config(config)
+
+
+def check_config(config):
+    """The checks of a validated `PretrainConfig` that need no model and no data work.
+
+    The task name, the keys and value types of `task_config` and `encoder`
+    (against the task's and the network's arguments), the data layout and
+    preprocessing keys, the warm-up against the run's length, and whether the
+    encoder's pooling fits the input (from the encoder table's arithmetic,
+    before its weights are allocated: a depth-9 U-Net is gigabytes). The
+    input-shape checks run once `data.resolved` (or a crop size) is known.
+
+    Returns:
+        `config`.
+
+    Raises:
+        ConfigError: naming the first invalid key and the value received.
+    """
+    from ssl3d_keras import tasks
+    from ssl3d_keras.data.layouts import LAYOUTS
+    from ssl3d_keras.data.preprocess import PreprocessConfig
+    from ssl3d_keras.models.factory import architecture_arguments
+
+    task_class = tasks.get_class(config.task)
+    _check_arguments("task_config", config.task_config, task_class,
+                     skip=("self", "input_shape", "encoder", "kwargs"))
+    encoder = dict(config.encoder)
+    architecture = encoder.get("architecture", "unet")
+    allowed = architecture_arguments(architecture)  # ConfigError for an unknown architecture
+    encoder_class = _encoder_class(architecture)
+    unknown = sorted(set(encoder) - {"architecture", *allowed})
+    if unknown:
+        raise ConfigError(f"encoder.{unknown[0]}", f"unknown key for architecture "
+                          f"{architecture!r}{closest(unknown[0], allowed)}; its keys are "
+                          f"{allowed}. Received: {unknown}")
+    _check_arguments("encoder", {k: v for k, v in encoder.items() if k != "architecture"},
+                     encoder_class, skip=("self", "kwargs"))
+    check_choice("data.layout", config.data.layout, ("auto", *LAYOUTS))
+    for key in ("validation_data", "probe_data"):
+        folder = getattr(config.monitor, key)
+        if folder is not None and not Path(folder).exists():
+            raise ConfigError(f"monitor.{key}", f"folder not found. Received: {folder!r}")
+    from_dict(PreprocessConfig, config.data.preprocess, "data.preprocess")
+    if config.optimizer.schedule == "cosine" and config.optimizer.warmup_steps >= config.steps:
+        raise ConfigError("optimizer.warmup_steps",
+                          f"must be smaller than the run's steps ({config.steps}). "
+                          f"Received: {config.optimizer.warmup_steps}")
+    spatial = _known_spatial_size(config)
+    if spatial is not None:
+        minimum = encoder_min_input_size(config.encoder)
+        if min(spatial) < minimum:
+            raise ConfigError("encoder", f"needs inputs of at least {minimum} voxels per axis "
+                              f"(it halves them that often), larger than the "
+                              f"{'x'.join(map(str, spatial))} input; lower encoder.depth or "
+                              f"raise data.input_size. Received: encoder={config.encoder!r}")
     return config
+
+
+def _encoder_class(architecture):
+    from ssl3d_keras.models.applications import DenseNetEncoder
+    from ssl3d_keras.models.unet import UNetEncoder
+
+    return {"unet": UNetEncoder, "densenet121": DenseNetEncoder}.get(architecture)
+
+
+def encoder_min_input_size(encoder):
+    """Smallest spatial size an `encoder` table accepts, from its arithmetic, without building it.
+
+    U-Net: `2**(depth + final_pool)`; DenseNet-121: 32. Unknown
+    architectures give 1 (their own build checks them).
+
+    Raises:
+        ConfigError: `encoder.depth` is not an int >= 1.
+    """
+    architecture = encoder.get("architecture", "unet")
+    cls = _encoder_class(architecture)
+    if architecture == "unet":
+        defaults = inspect.signature(cls.__init__).parameters
+        depth = encoder.get("depth", defaults["depth"].default)
+        check_int("encoder.depth", depth, 1, 62)
+        final_pool = bool(encoder.get("final_pool", defaults["final_pool"].default))
+        return 2 ** (depth + final_pool)
+    return int(getattr(cls, "min_input_size", 1))
+
+
+def _known_spatial_size(config):
+    if config.data.resolved is not None:
+        return tuple(config.data.resolved.input_shape[:-1])
+    if config.data.input_size is not None:
+        return (config.data.input_size,) * config.data.dim
+    if config.data.path is None:
+        return (config.data.phantoms.size,) * config.data.dim
+    return None
+
+
+def _check_arguments(table, values, cls, skip):
+    """Keys of `values` must be arguments of `cls`; values of the type of their default.
+
+    An argument whose default is None or absent takes any value (the class checks it).
+    """
+    parameters = {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+                  if name not in skip and p.kind is not p.VAR_KEYWORD}
+    known = [*parameters, *KERAS_MODEL_KWARGS]
+    for key, value in values.items():
+        dotted = f"{table}.{key}"
+        if key not in known:
+            raise ConfigError(dotted, f"unknown key for {cls.__name__}{closest(key, known)}; "
+                              f"its keys are {sorted(parameters)}. Received: {key}={value!r}")
+        default = parameters[key].default if key in parameters else None
+        expected = _type_of_default(default)
+        if expected is not None and not _has_type(value, default):
+            raise ConfigError(dotted, f"expected {expected} (like the default {default!r}). "
+                              f"Received: {key}={value!r}")
+
+
+def _type_of_default(default):
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, numbers.Integral):
+        return "an integer"
+    if isinstance(default, numbers.Real):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (tuple, list)):
+        return "a list of integers"
+    return None
+
+
+def _has_type(value, default):
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, numbers.Integral):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if isinstance(default, numbers.Real):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
 
 
 def _resolve_data(config):
@@ -148,9 +297,19 @@ def build_task(config):
     """
     from ssl3d_keras import tasks
 
-    task = tasks.get(config.task, input_shape=input_shape(config), encoder=dict(config.encoder),
-                     **config.task_config)
-    return task.build_from_example()
+    try:
+        task = tasks.get(config.task, input_shape=input_shape(config),
+                         encoder=dict(config.encoder), **config.task_config)
+        return task.build_from_example()
+    except Ssl3dError:
+        raise
+    except (ValueError, TypeError) as e:
+        # A value the task's or encoder's own checks let through untyped.
+        named = [k for k in config.task_config if f"{k}=" in str(e)]
+        key = f"task_config.{named[0]}" if named else "task_config"
+        raise ConfigError(key, f"the {config.task} task cannot be built from it: "
+                          f"{e}. Received: task_config={config.task_config!r}, "
+                          f"encoder={config.encoder!r}") from None
 
 
 def differing_keys(a, b, prefix=""):
