@@ -125,6 +125,28 @@ def test_pancreas_recipes_crop_ct_air_resize_and_hold_out_test_cases(name):
         assert (config.data.dim, config.data.slice_axis) == (2, 2)
 
 
+def test_pancreas_recipe_prepares_imagests_and_leaves_out_the_test_cases(tmp_path, rng):
+    """The recipe's data table as the run reads it: the unlabelled imagesTs case is in, the
+    cases fine-tuning will test on (its default split) are out before anything is read."""
+    from ssl3d_keras.data import Manifest
+    from ssl3d_keras.downstream.splits import make_splits
+    from ssl3d_keras.training.run import resolve_config
+    from tests.zoo.helpers_ct import add_unlabelled_case, write_ct_decathlon
+
+    data = add_unlabelled_case(write_ct_decathlon(tmp_path / "Task07", rng, n=5,
+                                                  shape=(20, 18, 12)))
+    recipe = zoo.get_recipe("pancreas-ct-rotation")
+    config = zoo.recipe_config(recipe, data, overrides=["data.preprocess.resize=[16,16,16]",
+                                                        "data.input_size=16", "encoder.depth=1"])
+    resolved = resolve_config(config, tmp_path / "run", verbose=False)
+    manifest = Manifest.read(resolved.data.prepared)
+    test = make_splits([f"pancreas_{i:03d}" for i in range(5)]).test
+    ids = [case["id"] for case in manifest.cases]
+    assert "pancreas_100" in ids and len(ids) == 6 - len(test)
+    assert not set(test) & set(ids) and manifest.held_out["ids"] == sorted(test)
+    assert {tuple(case["final_shape"]) for case in manifest.cases} == {(16, 16, 16, 1)}
+
+
 def test_quoted_dice_values_name_their_source():
     for name in zoo.list_recipes():
         downstream = zoo.get_recipe(name).data.downstream

@@ -33,3 +33,17 @@ def write_ct_decathlon(root, rng, *, n=3, shape=(40, 36, 24), air=AIR, body=0.45
             "numTraining": n, "training": training, "test": []}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+def add_unlabelled_case(root, source="pancreas_000", name="pancreas_100"):
+    """Copy a case's image into imagesTs and list it under the dataset's `test` entries."""
+    import shutil
+
+    root = Path(root)
+    (root / "imagesTs").mkdir(exist_ok=True)
+    shutil.copy(root / "imagesTr" / f"{source}.nii.gz", root / "imagesTs" / f"{name}.nii.gz")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["test"] = [*meta.get("test", []), f"./imagesTs/{name}.nii.gz"]
+    meta["numTest"] = len(meta["test"])
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
