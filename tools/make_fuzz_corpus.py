@@ -59,6 +59,11 @@ def _header_dtype(raw):
     raise ValueError("not a NIfTI-1/2 header")
 
 
+def _byteorder(dtype):
+    """`"<"` or `">"`: a structured dtype's own `byteorder` is `"|"`, its fields' are not."""
+    return "<" if dtype.fields["sizeof_hdr"][0].str[0] in "<=" else ">"
+
+
 def _with_header(name, blob, edit):
     """`blob` with the header fields changed by `edit(header)` (a structured numpy record)."""
     raw = _raw(name, blob)
@@ -165,7 +170,7 @@ def _extension_cases(name, blob):
     """An extension flag with hostile extension sizes (esize huge, negative, odd)."""
     raw = _raw(name, blob)
     dtype = _header_dtype(raw)
-    order = "little" if dtype.byteorder in "<=" else "big"
+    order = "little" if _byteorder(dtype) == "<" else "big"
     header = np.frombuffer(raw[: dtype.itemsize], dtype=dtype).copy()
     offset = int(header["vox_offset"][0])
     body = raw[offset:]
@@ -186,7 +191,7 @@ def voxel_cases(name, blob):
     code = int(header["datatype"])
     if code not in (16, 64):
         return []
-    vdtype = np.dtype("f4" if code == 16 else "f8").newbyteorder(dtype.byteorder)
+    vdtype = np.dtype("f4" if code == 16 else "f8").newbyteorder(_byteorder(dtype))
     offset = int(header["vox_offset"])
     out = []
     for tag, value in (("nan", NAN), ("inf", INF), ("neg_inf", -INF)):
