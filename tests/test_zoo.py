@@ -15,6 +15,7 @@ from ssl3d_keras import zoo
 from ssl3d_keras.errors import ConfigError, ExportError
 from ssl3d_keras.tasks import list_tasks
 from ssl3d_keras.training import PretrainConfig
+from ssl3d_keras.training.run import check_config
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("cpc", "rotation", "jigsaw", "rpl", "exemplar")
@@ -62,6 +63,8 @@ def test_recipe_is_valid_and_has_a_card(name):
     config = zoo.recipe_config(recipe, data="/data/somewhere")
     assert isinstance(config, PretrainConfig) and config.task in list_tasks()
     assert config.data.path == "/data/somewhere"
+    # What a run checks before any work: task and encoder keys, preprocessing, input size.
+    check_config(config)
     assert recipe.card.startswith(f"# {name}:") and "## Load it" in recipe.card
     # The card is the rendering of the recipe (a build may add its metadata before "Load it").
     rendered = zoo.render_card(recipe).split("\n## Load it")[0]
@@ -102,6 +105,9 @@ def test_paper_recipes_carry_the_authors_values_and_say_where_from(name):
     assert config.batch_size == theirs
     if task in ("jigsaw", "rpl"):
         assert (config.task_config["grid"], config.task_config["jitter"]) == (3, jitter)
+    if task == "exemplar":  # their sample_neg_examples_from = "dataset"
+        assert config.task_config["negatives"] == "bank"
+        assert (config.task_config.get("augmentation") == "fundus") == (family == "aptos-fundus-2d")
     # The source names the authors' config file at the commit read.
     assert any(f"HealthML/self-supervised-3d-tasks@ecc86ef `self_supervised_3d_tasks/configs/"
                f"train/{file}`" in line for line in recipe.sources), recipe.sources
