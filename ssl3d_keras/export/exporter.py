@@ -14,10 +14,9 @@ the old export or the complete new one, never parts of two.
 import re
 from pathlib import Path
 
-from ssl3d_keras.atomic import FolderBusyError, atomic_dir
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError, Ssl3dError
-from ssl3d_keras.export import marker as marker_lib
+from ssl3d_keras.export import folder as folder_lib
 from ssl3d_keras.export import metadata as metadata_lib
 from ssl3d_keras.export.archive import write_tar_gz
 from ssl3d_keras.export.preset import save_preset
@@ -75,36 +74,16 @@ def export_encoder(encoder, out_dir, *, formats="all", task=None, config=None, s
             is then left as it was).
     """
     formats = resolve_formats(formats)
-    given, out_dir = Path(out_dir), Path(out_dir).absolute()
-    _check_replaceable(out_dir)
+    given = Path(out_dir)
     meta_kwargs = {"task": task, "config": config, "summary": summary, "data": data}
-    try:
-        with atomic_dir(out_dir, blocking=False) as build:
-            meta = _write_parts(encoder, build, formats, meta_kwargs)
-            marker_lib.write_marker(build, formats=formats, source=source)
-    except FolderBusyError as e:
-        raise ExportError(f"{e.strerror}; wait for that export to finish or choose another "
-                          "output folder") from None
-    except OSError as e:
-        raise ExportError(f"{out_dir}: writing the export failed ({e}); an earlier export "
-                          "there is unchanged") from None
+    with folder_lib.export_folder(given, _EXPORT_ENTRY) as build:
+        meta = _write_parts(encoder, build, formats, meta_kwargs)
+        folder_lib.write_marker(build, formats=formats, source=source)
     written = {"preset": str(given / PRESET_DIR), "savedmodel": str(given / SAVEDMODEL_DIR),
                "hub": str(given / HUB_ARCHIVE)}
     written = {kind: path for kind, path in written.items() if kind in formats}
     written["metadata"] = meta
     return written
-
-
-def _check_replaceable(out_dir):
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: the export folder is a file")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not _EXPORT_ENTRY.fullmatch(p.name))
-    if foreign:
-        raise ExportError(f"{out_dir}: holds files that are not part of an export, which "
-                          f"replacing it would delete: {foreign[:5]}; choose a new or empty "
-                          "folder, or an earlier export")
 
 
 def _write_parts(encoder, build, formats, meta_kwargs):

@@ -15,7 +15,7 @@ from pathlib import Path
 from ssl3d_keras.atomic import FolderBusyError, atomic_dir, folder_lock, has_leftovers, recover_dir
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
-from ssl3d_keras.export import marker as marker_lib
+from ssl3d_keras.export import folder as folder_lib
 from ssl3d_keras.export.archive import cache_dir, download, safe_extract
 
 __all__ = ["extract_cached", "load_encoder", "resolve_handle", "savedmodel_as_model"]
@@ -32,7 +32,7 @@ def _is_savedmodel(path):
 
 
 def _is_export(path):
-    return any((path / name).exists() for name in (marker_lib.MARKER_FILE, "preset", "savedmodel"))
+    return any((path / name).exists() for name in (folder_lib.MARKER_FILE, "preset", "savedmodel"))
 
 
 def _recover(path):
@@ -144,9 +144,9 @@ def load_encoder(handle, input_channels=None, trainable=True, *, sha256=None, ca
     folder = resolve_handle(handle, sha256=sha256, cache=cache)
     if not _is_preset(folder) and not _is_savedmodel(folder) and _is_export(folder):
         # An export folder is used only whole: its marker must list the part we load.
-        marker = marker_lib.read_marker(folder)
+        marker = folder_lib.read_marker(folder)
         part = "preset" if "preset" in marker.get("formats", ()) else "savedmodel"
-        marker_lib.verify_part(folder, part, marker)
+        folder_lib.verify_part(folder, part, marker)
     if _is_preset(folder):
         model, meta = load_preset(folder)
     elif _is_preset(folder / "preset"):

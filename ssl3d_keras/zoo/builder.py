@@ -89,7 +89,7 @@ def cached_build(name, *, cache=None):
     Only a whole export counts (its `export.json` is written last); an export
     interrupted, or written before the marker existed, is rebuilt by `build`.
     """
-    from ssl3d_keras.export.marker import MARKER_FILE
+    from ssl3d_keras.export.folder import MARKER_FILE
 
     recipe = get_recipe(name)
     folder = _cache_root(cache) / "zoo" / f"{name}-{recipe_hash(recipe)}" / "export"

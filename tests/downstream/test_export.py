@@ -36,3 +36,13 @@ def test_the_served_model_equals_the_fine_tuned_one(tmp_path):
     assert len(fine_tuned) == len(exported)
     for a, b in zip(fine_tuned, exported, strict=True):
         np.testing.assert_array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
+
+    # The export folder is one run's, whole: marked complete, and replaced at once by a re-export.
+    from ssl3d_keras.export.folder import read_marker
+
+    marker = read_marker(tmp_path / "export")
+    assert marker["formats"] == ["model", "keras", "encoder"]
+    assert {"model.keras", "finetune.json", "encoder/export.json"} <= set(marker["files"])
+    export_finetuned(tmp_path / "run", tmp_path / "export", formats="preset")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
+    assert read_marker(tmp_path / "export")["files"].keys() == marker["files"].keys()

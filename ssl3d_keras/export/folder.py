@@ -1,7 +1,8 @@
-"""The completion marker of an export folder: `OUT/export.json`, written last.
+"""The export folder as a whole: built beside `OUT`, swapped in at once, marked complete.
 
 An export is built in a folder beside `OUT` and swapped in whole
-(`ssl3d_keras.atomic.atomic_dir`); `export.json` is its last file. It names
+(`export_folder`, over `ssl3d_keras.atomic.atomic_dir`); `OUT/export.json`,
+the completion marker, is its last file. It names
 what the export was made from (the run and its checkpoint, when there is one)
 and lists every file of the export with its sha256, so a loader can tell a
 finished export from a folder assembled by hand, left by an older version, or
@@ -14,18 +15,55 @@ mixed from two checkpoints, and refuse it.
 ```
 """
 
+import contextlib
 import json
 from pathlib import Path
 
-from ssl3d_keras.atomic import write_json_atomic
+from ssl3d_keras.atomic import FolderBusyError, atomic_dir, write_json_atomic
 from ssl3d_keras.checksum import sha256_file
 from ssl3d_keras.errors import ExportError
 
-__all__ = ["FORMAT", "MARKER_FILE", "file_manifest", "read_marker", "verify_part",
-           "write_marker"]
+__all__ = ["FORMAT", "MARKER_FILE", "export_folder", "file_manifest", "read_marker",
+           "verify_part", "write_marker"]
 
 MARKER_FILE = "export.json"
 FORMAT = "ssl3d-export/1"
+
+
+@contextlib.contextmanager
+def export_folder(out_dir, allowed):
+    """Yield an empty build folder that replaces the export folder `out_dir` whole on success.
+
+    Args:
+        out_dir: the export folder; it must be missing, or hold only names that
+            `allowed` (a compiled regex) fully matches: an earlier export's parts
+            and the temp names older versions left, so that replacing it never
+            deletes a user's files.
+        allowed: `re.Pattern` of the entry names an export folder may hold.
+
+    Raises:
+        ExportError: `out_dir` is a file or holds other files, another process
+            is exporting into it, or writing failed (an earlier export there is
+            then unchanged).
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"{out_dir}: the export folder is a file")
+        foreign = sorted(p.name for p in out_dir.iterdir() if not allowed.fullmatch(p.name))
+        if foreign:
+            raise ExportError(f"{out_dir}: holds files that are not part of an export, which "
+                              f"replacing it would delete: {foreign[:5]}; choose a new or "
+                              "empty folder, or an earlier export")
+    try:
+        with atomic_dir(out_dir, blocking=False) as build:
+            yield build
+    except FolderBusyError as e:
+        raise ExportError(f"{e.strerror}; wait for that export to finish or choose another "
+                          "output folder") from None
+    except OSError as e:
+        raise ExportError(f"{out_dir}: writing the export failed ({e}); an earlier export "
+                          "there is unchanged") from None
 
 
 def file_manifest(folder):
@@ -73,7 +111,8 @@ def read_marker(folder):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _incomplete(folder, f"{MARKER_FILE} is unreadable ({e})") from None
     if (not isinstance(marker, dict) or marker.get("format") != FORMAT
-            or not isinstance(marker.get("files"), dict)):
+            or not isinstance(marker.get("files"), dict)
+            or not isinstance(marker.get("formats"), list)):
         raise _incomplete(folder, f"{MARKER_FILE} is not an {FORMAT} marker")
     return marker
 
