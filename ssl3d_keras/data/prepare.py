@@ -200,6 +200,9 @@ def _case_entry(case, loaded, info, sha, shard):
         "original_spacing": [float(s) for s in loaded.spacing],
         "spacing": info["spacing"],
         "affine": info["affine"],
+        # The loaded grid (canonical voxel order), before any crop: where a
+        # prediction goes back for sources without a stored grid of their own (DICOM).
+        "source_affine": np.asarray(loaded.affine, dtype=np.float64).tolist(),
         "has_label": loaded.label is not None,
         "crop_box": info["crop_box"],
         "resize": info["resize"],

@@ -136,6 +136,8 @@ def write_case_prediction(folder, dataset, case_id, prediction):
 
     entry = dataset.cases[case_id]
     source = entry["sources"][0]
+    if not str(source).endswith((".nii", ".nii.gz")) and "source_affine" in entry:
+        source = (entry["original_shape"][:3], entry["source_affine"])  # a DICOM series
     affine = np.asarray(entry["affine"], dtype=np.float64)
     path = Path(folder) / f"{case_id}.nii.gz"
     return write_prediction(path, prediction, affine, source)

@@ -128,13 +128,18 @@ def write_prediction(path, label, prepared_affine, source_path, *, dtype=np.uint
     source's, or 1 where the source has none), so it overlays the original
     scan. Voxels of the source outside the prepared grid (cropped away) are 0.
 
+    A source with no NIfTI grid of its own (a DICOM series) is given as its
+    loaded grid, a `(shape, affine)` pair (the manifest's `original_shape` and
+    `source_affine`); the prediction is then written on that grid, in the
+    world coordinates of the series.
+
     Args:
         path: output file, `.nii` or `.nii.gz` (folders are created).
         label: integer array `(D, H, W)` on the prepared grid.
         prepared_affine: `(4, 4)` voxel-to-world matrix of the prepared grid
             (the manifest's `cases[i]["affine"]`; a nested list is fine).
         source_path: the original image file (the manifest's
-            `cases[i]["sources"][0]`).
+            `cases[i]["sources"][0]`), or a `(shape, affine)` grid.
         dtype: integer dtype of the stored labels. Default `np.uint8`.
 
     Input shape:
@@ -165,14 +170,19 @@ def write_prediction(path, label, prepared_affine, source_path, *, dtype=np.uint
         if lo < info.min or hi > info.max:
             raise ValueError(f"label values do not fit {dtype}; pass a wider dtype. Received "
                              f"range [{lo}, {hi}]")
-    source = _open_header(source_path)
-    shape, affine = _grid(source)
+    if isinstance(source_path, (tuple, list)):
+        shape, affine = _check_shape(source_path[0]), _check_affine(source_path[1], "source grid")
+        codes, spatial_unit = (1, 1), "mm"
+    else:
+        source = _open_header(source_path)
+        shape, affine = _grid(source)
+        header = source.header
+        codes = (int(header["sform_code"]) or 1, int(header["qform_code"]) or 1)
+        spatial_unit = header.get_xyzt_units()[0]
     out = resample_to_grid(label, prepared_affine, shape, affine, order=0, cval=0)
     img = nib.Nifti1Image(out.astype(dtype), affine)
-    header = source.header
-    img.set_sform(affine, code=int(header["sform_code"]) or 1)
-    img.set_qform(affine, code=int(header["qform_code"]) or 1)
-    spatial_unit = header.get_xyzt_units()[0]
+    img.set_sform(affine, code=codes[0])
+    img.set_qform(affine, code=codes[1])
     img.header.set_xyzt_units(spatial_unit if spatial_unit != "unknown" else "mm")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))

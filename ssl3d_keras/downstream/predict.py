@@ -88,7 +88,7 @@ def predict_dataset(run_dir, data, out_dir, *, layout="auto", on_error="fail", p
                                          slice_axis=config.data.slice_axis, forward=forward)
             label = np.argmax(probabilities, axis=-1).astype(np.int32)
             path = write_prediction(out_dir / f"{_case_name(case.case_id)}.nii.gz", label,
-                                    np.asarray(info["affine"]), loaded.sources[0])
+                                    np.asarray(info["affine"]), _source_grid(loaded))
             results.append({"case": case.case_id, "source": loaded.sources[0],
                             "prediction": str(path)})
         except DataError as e:
@@ -98,3 +98,11 @@ def predict_dataset(run_dir, data, out_dir, *, layout="auto", on_error="fail", p
         if progress is not None:
             progress(done, len(source.cases), case.case_id)
     return results
+
+
+def _source_grid(loaded):
+    """Where the prediction goes: the NIfTI source file's stored grid, else the loaded grid."""
+    first = str(loaded.sources[0])
+    if first.endswith((".nii", ".nii.gz")):
+        return first
+    return loaded.image.shape[:3], loaded.affine

@@ -234,3 +234,39 @@ def test_nibabel_file_back_from_canonical_is_exact(tmp_path, nibabel_data, name)
     assert written.shape == raw.shape
     np.testing.assert_array_equal(written.affine, raw_img.affine)
     np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
+
+
+def test_a_prediction_for_a_dicom_series_lands_on_the_series_grid(tmp_path):
+    """DICOM has no stored NIfTI grid: the prediction goes onto the series' loaded grid."""
+    from ssl3d_keras.data.dicom import load_series
+    from ssl3d_keras.downstream.evaluate import write_case_prediction
+    from ssl3d_keras.downstream.predict import _source_grid
+    from tests.data.helpers_dicom import oblique_directions, write_series
+
+    stored = np.zeros((14, 12, 9), np.int16)
+    stored[3:10, 4:9, 2:7] = 1000  # a box (-24 HU after the -1024 intercept; air -1024)
+    paths = write_series(tmp_path / "dicom" / "PT01", stored, directions=oblique_directions())
+    # Crop and pad only (whole voxels): the way back must then be exact.
+    config = PreprocessConfig(normalize="ct", crop_foreground=True, foreground_threshold=-500,
+                              crop_margin=1, shape=(16, 16, 16))
+    manifest = prepare_dataset(tmp_path / "dicom", tmp_path / "prepared", preprocess=config,
+                               layout="dicom", progress=False)
+    case = manifest["cases"][0]
+    (volume,) = list(shard_volumes(tmp_path / "prepared").as_numpy_iterator())
+    prediction = (volume["image"][..., 0] > 0.25).astype(np.int32)  # -500 HU in the CT window
+
+    class Dataset:  # what write_case_prediction reads of a LabelledDataset
+        cases = {case["id"]: case}
+
+    out = write_case_prediction(tmp_path / "pred", Dataset, case["id"], prediction)
+    series = load_series(paths)
+    written = nib.load(str(out))
+    np.testing.assert_allclose(written.affine, series.affine, atol=1e-6)
+    assert written.shape == series.array.shape[:3]
+    np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, series.array[..., 0] > -500)
+
+    class Loaded:  # what ssl3d predict passes for a freshly loaded case
+        sources, image, affine = [str(p) for p in paths], series.array, series.affine
+
+    shape, affine = _source_grid(Loaded)
+    assert shape == series.array.shape[:3] and affine is series.affine
