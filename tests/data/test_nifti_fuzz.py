@@ -184,8 +184,7 @@ def test_non_finite_case_record_is_a_skipped_case(tmp_path, monkeypatch, rng):
 @pytest.mark.slow
 def test_hypothesis_header_and_byte_fuzzer(tmp_path_factory, nibabel_data):
     """Random header fields at random values and random byte runs, for a long run."""
-    hypothesis = pytest.importorskip("hypothesis")
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, given, settings  # the `test` extra
     from hypothesis import strategies as st
 
     from tests.data.nifti_fuzz_worker import classify
@@ -228,7 +227,6 @@ def test_hypothesis_header_and_byte_fuzzer(tmp_path_factory, nibabel_data):
         assert not bad, (bad, result["detail"])
         assert result["seconds"] < MAX_SECONDS
 
-    del hypothesis
     fuzz()
 
 
