@@ -21,6 +21,23 @@ replica must therefore run the backward pass (they all do in a train step).
 import tensorflow as tf
 
 
+def replicas_in_sync():
+    """The number of replicas in sync in this replica context; 1 outside a strategy."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
+
+
+@tf.custom_gradient
+def _dense_gradient(x):
+    """Identity whose gradient is dense: all_gather's gradient all-reduces it, and
+    the all-reduce takes no `IndexedSlices` (what `tf.gather` of rows hands back)."""
+
+    def gradient(upstream):
+        return tf.convert_to_tensor(upstream)
+
+    return tf.identity(x), gradient
+
+
 def gather_replicas(value):
     """Concatenate `value` over the replicas in sync along axis 0, in replica order.
 
@@ -47,7 +64,7 @@ def gather_replicas(value):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return value, tf.constant(0, tf.int32)
-    gathered = context.all_gather(value, axis=0)
+    gathered = _dense_gradient(context.all_gather(value, axis=0))
     rows = context.all_gather(tf.shape(value, out_type=tf.int32)[:1], axis=0)  # (replicas,)
     offset = tf.reduce_sum(rows[: context.replica_id_in_sync_group])
     return gathered, offset

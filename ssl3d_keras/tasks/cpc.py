@@ -365,6 +365,8 @@ class ContrastivePredictiveCodingTask(ProxyTask):
         predictions, targets = by_step(predictions), by_step(targets)
         if targets.shape[1] is not None:
             self._num_candidates = int(targets.shape[1])
+        elif predictions.shape[1] is not None:  # equal shares (the pipeline drops remainders)
+            self._num_candidates = int(predictions.shape[1]) * replica_ops.replicas_in_sync()
         first = offset * self.num_columns
         return (
             losses.info_nce_loss(

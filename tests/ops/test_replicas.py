@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssl3d_keras.ops.replicas import gather_replicas
+from ssl3d_keras.ops.replicas import gather_replicas, replicas_in_sync
 
 
 def test_outside_a_strategy_nothing_changes():
+    assert replicas_in_sync() == 1
     value = tf.reshape(tf.range(6.0), (3, 2))
     gathered, offset = gather_replicas(value)
     np.testing.assert_array_equal(gathered, value)
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from ssl3d_keras.ops.replicas import gather_replicas
+    from ssl3d_keras.ops.replicas import gather_replicas, replicas_in_sync
     from ssl3d_keras.losses import info_nce_loss
 
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices()])
@@ -46,6 +47,8 @@ SCRIPT = textwrap.dedent("""
     out["gathered"] = [v.numpy().tolist() for v in strategy.experimental_local_results(gathered)]
     out["offsets"] = [int(v) for v in strategy.experimental_local_results(offset)]
     out["parts"] = [p.tolist() for p in parts]
+    out["replicas"] = [int(v) for v in strategy.experimental_local_results(
+        strategy.run(lambda: tf.constant(replicas_in_sync())))]
 
     # Gradient of a contrastive loss whose negatives live on the other replica:
     # each replica scores its 2 rows against all 4 gathered rows; the loss is the
@@ -58,6 +61,8 @@ SCRIPT = textwrap.dedent("""
             codes = xs @ w
             candidates, first = gather_replicas(codes)
             loss = info_nce_loss(codes[None], candidates[None], offset=first)
+            # Rows picked from the gathered tensor: their gradient comes back as IndexedSlices.
+            loss += tf.reduce_sum(tf.gather(candidates, [3, 0]) ** 2) / 2
             scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
         return loss, tape.gradient(scaled, w)
     inputs = strategy.experimental_distribute_values_from_function(
@@ -69,7 +74,8 @@ SCRIPT = textwrap.dedent("""
     loss, grad = step(inputs)
     with tf.GradientTape() as tape:
         codes = tf.constant(x) @ w
-        one = info_nce_loss(codes[None], codes[None])
+        one = info_nce_loss(codes[None], codes[None]) + tf.reduce_sum(
+            tf.gather(codes, [3, 0]) ** 2) / 2
     out["loss"] = [float(loss), float(one)]
     out["grad"] = [grad.numpy().tolist(), tape.gradient(one, w).numpy().tolist()]
     print("RESULT" + json.dumps(out))
@@ -89,6 +95,7 @@ def test_gather_on_two_replicas_values_offsets_and_gradients():
     for gathered in out["gathered"]:  # every replica sees all rows, in replica order
         np.testing.assert_array_equal(np.array(gathered), whole)
     assert out["offsets"] == [0, 3]
+    assert out["replicas"] == [2, 2]
     # The distributed loss and gradient are the one-device ones on the global batch:
     # the gather passes the negatives' gradients back to the replica that made them.
     distributed, one = out["loss"]
