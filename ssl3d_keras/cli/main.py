@@ -116,6 +116,14 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:
+            # A folder that cannot be written or read (permissions, a full disk) is the
+            # machine's state, not a bug: one line naming the path, as for bad input.
+            if debug:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
         finally:
             warnings.formatwarning = formatwarning
 

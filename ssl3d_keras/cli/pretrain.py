@@ -47,8 +47,14 @@ EXIT_INTERRUPTED = 130
 @click.option("--seed", type=int, help="Seed of weights, dropout and data order. Default: 0.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its latest checkpoint, with its stored "
-                   "config and the same data order. Options that change the stored config are "
-                   "an error.")
+                   "config and the same data order. Only --steps/--epochs (to train longer, "
+                   "or stop earlier but not before the step reached) and --learning-rate may "
+                   "change; each change is warned about and recorded in config.json "
+                   "(resumed_changes). Any other change is an error.")
+@click.option("--learning-rate", type=float,
+              help="Peak learning rate (optimizer.learning_rate). With --resume, the new rate "
+                   "applies from the resumed step, e.g. to recover a run stopped on NaN. "
+                   "Default: the config's (1e-4 for the paper settings).")
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]),
               help="Distribution: auto (MultiWorkerMirrored if TF_CONFIG is set, Mirrored on "
                    "several GPUs, else one device), default, mirrored, multiworker. "
@@ -70,7 +76,8 @@ EXIT_INTERRUPTED = 130
                    "best probe picks the best checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar or messages; only the final lines.")
 def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, input_size, dim,
-             seed, resume, strategy, precision, overrides, monitor_every, probe, quiet):
+             seed, resume, learning_rate, strategy, precision, overrides, monitor_every, probe,
+             quiet):
     """Pretrain an encoder with the proxy TASK (cpc, rotation, jigsaw, rpl, exemplar).
 
     With no options this is a quick demonstration on 16 synthetic phantoms that
@@ -114,7 +121,7 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         task, config=config_file, stored=read_json(run.config) if resume and run.is_run() else None,
         data=data_path, steps=steps, epochs=epochs, overrides=overrides, batch_size=batch_size,
         input_size=input_size, dim=None if dim is None else int(dim), seed=seed,
-        strategy=strategy, precision=precision)
+        strategy=strategy, precision=precision, learning_rate=learning_rate)
     with show_library_log(quiet):
         summary = run_pretrain(config, out_dir, resume=resume, verbose=not quiet)
 

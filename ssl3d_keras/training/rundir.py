@@ -8,6 +8,7 @@ metrics.csv     step, loss, accuracy, lr, examples_per_sec, wall
 tensorboard/    tf.summary scalars of the same
 summary.json    steps, final loss/accuracy, chance accuracy, wall time, checkpoints
 prepared/       shards prepared from a raw data folder (only then)
+run.lock        held while a run writes here: pid, host and start time of its holder
 ```
 
 Example:
@@ -22,8 +23,8 @@ Example:
 import dataclasses
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "METRICS_FILE", "PREPARED_DIR", "SUMMARY_FILE",
-           "TENSORBOARD_DIR", "RunDir"]
+__all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "LOCK_FILE", "METRICS_FILE", "PREPARED_DIR",
+           "SUMMARY_FILE", "TENSORBOARD_DIR", "RunDir"]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -31,6 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 PREPARED_DIR = "prepared"
+LOCK_FILE = "run.lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,10 @@ class RunDir:
     @property
     def prepared(self):
         return self.root / PREPARED_DIR
+
+    @property
+    def lock(self):
+        return self.root / LOCK_FILE
 
     def checkpoint(self, step):
         """Path prefix of the checkpoint saved at `step`."""

@@ -145,3 +145,74 @@ def test_switching_architecture_drops_the_other_networks_encoder_keys():
         json.loads(json.dumps(base)), ["encoder.architecture=unet"]) == base
     assert reset_encoder_for_new_architecture(
         json.loads(json.dumps(base)), ["encoder.depth=3"]) == base
+
+
+def test_resume_can_train_longer_with_a_new_learning_rate(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("pretrain", "rotation", "--out", str(out), "--quiet", *TINY).exit_code == 0
+    result = invoke("pretrain", "rotation", "--out", str(out), "--resume", "--quiet",
+                    "--steps", "6", "--learning-rate", "0.001")
+    assert result.exit_code == 0, result.output
+    assert "after 6 steps" in result.output
+    assert "Warning: Resuming at step 4 with steps=6 instead of 4" in result.output
+    assert "learning_rate=0.001 instead of 0.003" in result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 6 and config["optimizer"]["learning_rate"] == 0.001
+    assert [c["key"] for c in config["resumed_changes"]] == ["optimizer.learning_rate", "steps"]
+    assert [r["lr"] for r in read_metrics(out / "metrics.csv")] == pytest.approx(
+        [0.003, 0.003, 0.001])
+    # stopping before the step reached, or changing another key, stays an error
+    early = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(out), "--resume",
+                                     "--steps", "5"])
+    assert early.exit_code == 2 and "config key 'steps'" in early.output
+
+
+def test_a_second_run_into_the_same_out_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    hold = ("import sys\nfrom ssl3d_keras.training.lock import RunLock\n"
+            "with RunLock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(out), *TINY])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert result.exit_code == 2
+    assert f"in use by another run: pid {holder.pid} on host {os.uname().nodename}" in (
+        result.output)
+    assert not (out / "config.json").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from ssl3d_keras.training.checkpoints import RunCheckpoints
+
+    def full(self, step):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(RunCheckpoints, "save", full)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(out), "--quiet",
+                                      *TINY])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.count("\n") == 0 and line.startswith(f"Error: {out / 'checkpoints'}: ")
+    assert "No space left on device" in line and "no checkpoint had been saved yet" in line
+
+
+def test_a_raw_os_error_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(blocker / "run"),
+                                      *TINY])
+    assert result.exit_code in (1, 2)
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert str(blocker) in result.output

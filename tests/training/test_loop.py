@@ -132,8 +132,8 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch
 
     real_step = TrainingLogger.step
 
-    def signal_at_step_3(self, step, metrics, lr):
-        real_step(self, step, metrics, lr)
+    def signal_at_step_3(self, step, metrics, lr, **kwargs):
+        real_step(self, step, metrics, lr, **kwargs)
         if step == 3:
             signal.raise_signal(signal.SIGTERM)  # handled by the loop: stop at the boundary
 
@@ -164,9 +164,13 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch
 def test_resume_with_a_different_config_names_the_keys(tmp_path):
     pretrain(tiny(steps=2), tmp_path / "run", verbose=False)
     with pytest.raises(ConfigError) as info:
-        pretrain(tiny(steps=2, seed=5, **{"optimizer.learning_rate": 1e-3}), tmp_path / "run",
-                 resume=True, verbose=False)
-    assert "optimizer.learning_rate, seed" in str(info.value)
+        pretrain(tiny(steps=2, seed=5, **{"optimizer.learning_rate": 1e-3,
+                                          "data.phantoms.n": 3}),
+                 tmp_path / "run", resume=True, verbose=False)
+    # the learning rate may change on resume; the other keys are named
+    assert info.value.key == "data.phantoms.n"
+    differing = str(info.value).split("differing keys: ")[1].split(". ")[0].split(", ")
+    assert "seed" in differing and "optimizer.learning_rate" not in differing
     # the same config is accepted
     summary = pretrain(tiny(steps=2), tmp_path / "run", resume=True, verbose=False)
     assert summary["steps"] == 2
@@ -281,3 +285,273 @@ def test_volumes_smaller_than_the_crop_are_warned_about(tmp_path):
     with pytest.warns(UserWarning, match=r"1 of 1 prepared volumes are smaller than the "
                                          r"16x16x16 crop.*small"):
         pretrain(tiny(**{"data.path": str(data), "steps": 1}), tmp_path / "run", verbose=False)
+
+
+def test_raw_dataset_left_half_prepared_by_a_kill_is_prepared_again(tmp_path, caplog):
+    from ssl3d_keras.data.phantoms import write_phantom_dataset
+
+    raw = write_phantom_dataset(tmp_path / "raw", 2, size=20)
+    prepared = tmp_path / "run" / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "shard-00000.tfrecord").write_bytes(b"half a shard")  # no manifest.json
+    config = tiny(steps=1, **{"data.path": str(raw), "data.preprocess": {"shape": [20, 20, 20]}})
+    with caplog.at_level("INFO", logger="ssl3d_keras"):
+        summary = pretrain(config, tmp_path / "run", verbose=False)
+    assert summary["status"] == "completed"
+    assert "leftovers of an interrupted prepare" in caplog.text
+    assert "overwrite" not in caplog.text  # no advice to use an option pretrain lacks
+    assert len(json.loads((prepared / "manifest.json").read_text())["cases"]) == 2
+
+
+# --- resuming with changes ---------------------------------------------------------------
+
+def test_resume_with_more_steps_equals_the_longer_run(tmp_path):
+    straight = pretrain(tiny(steps=10), tmp_path / "straight", verbose=False)
+    pretrain(tiny(steps=6), tmp_path / "run", verbose=False)
+    with pytest.warns(UserWarning, match="Resuming at step 6 with steps=10 instead of 6"):
+        longer = pretrain(tiny(steps=10), tmp_path / "run", resume=True, verbose=False)
+    assert longer["status"] == "completed" and longer["steps"] == 10
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    rows_straight = read_metrics(tmp_path / "straight" / "metrics.csv")
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in rows_straight],
+                               rtol=1e-6, atol=1e-7)
+    for a, b in zip(weights_of(tmp_path / "straight"), weights_of(tmp_path / "run"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert longer["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-6)
+    record = [{"step": 6, "key": "steps", "old": 6, "new": 10}]
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["steps"] == 10 and stored["resumed_changes"] == record
+    assert longer["resumed_changes"] == record
+
+
+def test_resume_with_a_new_learning_rate_applies_it_from_the_resumed_step(tmp_path):
+    pretrain(tiny(steps=4, checkpoint_every=2), tmp_path / "run", verbose=False)
+    with pytest.warns(UserWarning, match="learning_rate=0.002 instead of 0.0001; the new rate "
+                                         "applies from step 4"):
+        summary = pretrain(tiny(steps=6, checkpoint_every=2,
+                                **{"optimizer.learning_rate": 2e-3}),
+                           tmp_path / "run", resume=True, verbose=False)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4] * 4 + [2e-3] * 2)
+    changes = json.loads((tmp_path / "run" / "config.json").read_text())["resumed_changes"]
+    assert {"step": 4, "key": "optimizer.learning_rate", "old": 1e-4, "new": 2e-3} in changes
+    assert summary["resumed_changes"] == changes and len(changes) == 2  # and steps 4 -> 6
+
+
+def test_resume_cannot_stop_before_the_step_reached_nor_change_other_keys(tmp_path):
+    pretrain(tiny(steps=6), tmp_path / "run", verbose=False)
+    with pytest.raises(ConfigError) as info:
+        pretrain(tiny(steps=4), tmp_path / "run", resume=True, verbose=False)
+    assert info.value.key == "steps" and "(6)" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        pretrain(tiny(steps=8, batch_size=4), tmp_path / "run", resume=True, verbose=False)
+    assert info.value.key == "batch_size"
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["steps"] == 6 and stored["resumed_changes"] == []  # nothing recorded
+
+
+# --- non-finite steps --------------------------------------------------------------------
+
+def poison_batches(monkeypatch, bad):
+    """Make the pipeline's global batches `bad` (0-based) all NaN."""
+    from ssl3d_keras.data import pipeline
+
+    real = pipeline.make_pipeline
+
+    def make_pipeline(*args, start_batch=0, **kwargs):
+        dataset = real(*args, start_batch=start_batch, **kwargs)
+        bad_ids = tf.constant(sorted(bad) or [-1], tf.int64)
+
+        def poison(index, batch):
+            inputs, target = batch
+            hit = tf.reduce_any(tf.equal(index + start_batch, bad_ids))
+            return tf.where(hit, inputs * float("nan"), inputs), target
+
+        return dataset.enumerate().map(poison)
+
+    monkeypatch.setattr(pipeline, "make_pipeline", make_pipeline)
+
+
+def drop_batches(monkeypatch, dropped):
+    """Make the pipeline skip its global batches `dropped` (the run that never saw them)."""
+    from ssl3d_keras.data import pipeline
+
+    real = pipeline.make_pipeline
+
+    def make_pipeline(*args, **kwargs):
+        ids = tf.constant(sorted(dropped), tf.int64)
+        return real(*args, **kwargs).enumerate().filter(
+            lambda i, b: tf.logical_not(tf.reduce_any(tf.equal(i, ids)))).map(lambda i, b: b)
+
+    monkeypatch.setattr(pipeline, "make_pipeline", make_pipeline)
+
+
+def test_skip_mode_undoes_nonfinite_steps_and_counts_them(tmp_path, monkeypatch):
+    poison_batches(monkeypatch, {2, 4})
+    summary = pretrain(tiny(steps=6, on_nonfinite="skip"), tmp_path / "skip", verbose=False)
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 2
+    rows = read_metrics(tmp_path / "skip" / "metrics.csv")
+    assert [r["skipped"] for r in rows] == [0, 0, 1, 0, 1, 0]
+    assert np.isnan(rows[2]["loss"]) and np.isfinite(rows[3]["loss"])
+    # A skipped step leaves no trace but the batch it used: the weights equal those of a
+    # run that trained on the other four batches only (BatchNorm statistics, dropout
+    # seeds and Adam's state included).
+    monkeypatch.undo()
+    drop_batches(monkeypatch, {2, 4})
+    pretrain(tiny(steps=4), tmp_path / "reference", verbose=False)
+    for a, b in zip(weights_of(tmp_path / "skip"), weights_of(tmp_path / "reference"),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_skip_mode_still_stops_after_too_many_in_a_row(tmp_path, monkeypatch):
+    poison_batches(monkeypatch, set(range(2, 100)))
+    config = tiny(steps=10, checkpoint_every=2, on_nonfinite="skip", max_nonfinite_skips=3)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(config, tmp_path / "run", verbose=False)
+    # steps 3, 4, 5 skipped; the fourth in a row (step 6) stops the run
+    assert info.value.step == 6 and info.value.in_a_row == 4
+    assert "4 non-finite steps in a row" in str(info.value)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["skipped_steps"] == 3
+    # checkpoints 2 and 4 hold the state after step 2 (steps 3-4 were undone): finite
+    task, _ = load_run(tmp_path / "run")
+    assert all(np.isfinite(w.numpy()).all() for w in task.weights)
+
+
+@tf.custom_gradient
+def _nan_gradient_if(x, poison):
+    """The identity, whose gradient is NaN where the boolean `poison` is true."""
+    return tf.identity(x), lambda dy: (dy * tf.where(poison, float("nan"), 1.0), None)
+
+
+@register_task("test_nan_gradient_at_step")
+@keras.saving.register_keras_serializable(package="ssl3d_tests")
+class NanGradientAtStep(NanAtStep):
+    """Test double: from call `nan_at` on, the loss stays finite but its gradient is NaN."""
+
+    def loss_and_accuracy(self, target, outputs):
+        self.calls.assign_add(1.0)
+        loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            target, outputs, from_logits=True))
+        poisoned = _nan_gradient_if(loss, self.calls >= self.nan_at)
+        accuracy = keras.ops.mean(keras.metrics.sparse_categorical_accuracy(target, outputs))
+        return poisoned, accuracy
+
+
+def test_a_nan_update_with_a_finite_loss_is_never_checkpointed(tmp_path):
+    config = tiny(task="test_nan_gradient_at_step", task_config={"nan_at": 4}, steps=10,
+                  checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(config, tmp_path / "run", verbose=False)
+    # step 4's loss is finite but its update is NaN: the save at step 4 refuses it
+    assert info.value.step == 4 and "weights are NaN/Inf" in str(info.value)
+    latest = tf.train.get_checkpoint_state(str(tmp_path / "run" / "checkpoints"))
+    assert latest.model_checkpoint_path.endswith("ckpt-2")
+    task, _ = load_run(tmp_path / "run")
+    assert all(np.isfinite(w.numpy()).all() for w in task.weights)
+
+
+# --- output that cannot be written -------------------------------------------------------
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    from ssl3d_keras.training.checkpoints import RunCheckpoints
+    from ssl3d_keras.training.loop import RunOutputError
+
+    pretrain(tiny(steps=2, checkpoint_every=2), tmp_path / "run", verbose=False)
+    before = weights_of(tmp_path / "run")
+    real_save = RunCheckpoints.save
+
+    def disk_full(self, step):
+        # the writer dies part-way: a torn data file, and no index update
+        (tmp_path / "run" / "checkpoints" / f"ckpt-{step}_temp").mkdir()
+        (tmp_path / "run" / "checkpoints" / f"ckpt-{step}_temp" / "part").write_bytes(b"\0" * 9)
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(RunCheckpoints, "save", disk_full)
+    with pytest.raises(RunOutputError) as info:
+        pretrain(tiny(steps=4, checkpoint_every=2), tmp_path / "run", resume=True,
+                 verbose=False)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "run" / "checkpoints"))
+    assert "No space left on device" in message and "\n" not in message
+    assert f"previous checkpoint is intact: {tmp_path / 'run' / 'checkpoints' / 'ckpt-2'}" in (
+        message)
+    for a, b in zip(before, weights_of(tmp_path / "run"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # once the disk has room again, the run resumes from that checkpoint
+    monkeypatch.setattr(RunCheckpoints, "save", real_save)
+    assert pretrain(None, tmp_path / "run", resume=True, verbose=False)["steps"] == 4
+
+
+def make_read_only(folder):
+    """chmod the folder read-only (chattr +i as root, whom chmod does not stop); an undo."""
+    import os
+    import subprocess
+
+    paths = [folder, *folder.rglob("*")]
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    if os.access(folder, os.W_OK) and os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", *map(str, paths)], check=False, capture_output=True)
+
+    def undo():
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=False, capture_output=True)
+        for p, mode in modes.items():
+            p.chmod(mode)
+
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return undo
+    (folder / "probe").unlink()
+    undo()
+    pytest.skip("cannot make a folder read-only here (root without chattr)")
+
+
+def test_a_read_only_run_folder_on_resume_is_one_clear_error(tmp_path):
+    from ssl3d_keras.training.loop import RunOutputError
+
+    pretrain(tiny(steps=2, checkpoint_every=2), tmp_path / "run", verbose=False)
+    before = weights_of(tmp_path / "run")
+    undo = make_read_only(tmp_path / "run")
+    try:
+        with pytest.raises(RunOutputError) as info:
+            pretrain(tiny(steps=4), tmp_path / "run", resume=True, verbose=False)
+    finally:
+        undo()
+    message = str(info.value)
+    assert str(tmp_path / "run") in message.split(":")[0] and "\n" not in message
+    assert "previous checkpoint is intact" in message and "ckpt-2" in message
+    for a, b in zip(before, weights_of(tmp_path / "run"), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_torn_last_metrics_row_does_not_stop_a_resume(tmp_path, caplog):
+    pretrain(tiny(steps=4, checkpoint_every=4), tmp_path / "run", verbose=False)
+    metrics = tmp_path / "run" / "metrics.csv"
+    with metrics.open("a") as f:
+        f.write("5,2.30")  # the process died while writing step 5's row
+    with caplog.at_level("WARNING", logger="ssl3d_keras"):
+        summary = pretrain(tiny(steps=6, checkpoint_every=4), tmp_path / "run", resume=True,
+                           verbose=False)
+    assert "torn" in caplog.text and "'5,2.30'" in caplog.text
+    assert summary["steps"] == 6
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 7))
+
+
+def test_skip_mode_catches_a_nan_update_whose_loss_is_finite(tmp_path):
+    # The undo also restores the task's call counter, so the poisoned step repeats: the
+    # bound on non-finite steps in a row ends the run with finite weights.
+    config = tiny(task="test_nan_gradient_at_step", task_config={"nan_at": 4}, steps=10,
+                  checkpoint_every=2, on_nonfinite="skip", max_nonfinite_skips=2)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(config, tmp_path / "run", verbose=False)
+    assert (info.value.step, info.value.in_a_row) == (6, 3)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["skipped"] for r in rows] == [0, 0, 0, 1, 1]
+    task, _ = load_run(tmp_path / "run")
+    assert all(np.isfinite(w.numpy()).all() for w in task.weights)
