@@ -150,7 +150,8 @@ def test_old_head_variant_has_three_sigmoid_heads_and_mean_squared_distance():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"head": "old"}, {"negatives": "semihard"}, {"pooling": "avg", "projection_units": (8,)}],
+    [{"head": "old"}, {"negatives": "semihard"}, {"pooling": "avg", "projection_units": (8,)},
+     {"negatives": "bank", "bank_size": 4}, {"negatives": "bank", "head": "old"}],
 )
 def test_variants_pass_the_gradient_contract(overrides):
     task = contract.build_task("exemplar", 2, embedding_size=8, **overrides).build_from_example()
