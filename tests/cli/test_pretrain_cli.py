@@ -216,3 +216,40 @@ def test_a_raw_os_error_is_one_line(tmp_path):
     assert result.exit_code in (1, 2)
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert str(blocker) in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_two_real_runs_into_one_out_and_sigterm(tmp_path):
+    """A second `ssl3d pretrain --out SAME` is refused while the first trains; SIGTERM then
+    saves the first one's checkpoint and prints how to resume it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "ssl3d_keras", "pretrain", "rotation", "--out", str(out),
+            *TINY, "--steps", "100000", "--set", "log_every=1", "--set", "checkpoint_every=100000"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "metrics.csv").is_file() and len(read_metrics(out / "metrics.csv")) >= 2:
+            break
+        time.sleep(0.2)
+    second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    first.send_signal(signal.SIGTERM)
+    stdout, stderr = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"in use by another run: pid {first.pid}" in second.stderr
+    assert first.returncode == 130, stderr[-2000:]
+    assert f"Resume with:\n  ssl3d pretrain rotation --out {out} --resume" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["latest_checkpoint"].endswith(f"ckpt-{summary['steps']}")
+    steps = [r["step"] for r in read_metrics(out / "metrics.csv")]
+    assert steps == list(range(1, summary["steps"] + 1))  # one writer: every step once
+    assert not (out / "run.lock").exists()
