@@ -17,6 +17,7 @@ mixed from two checkpoints, and refuse it.
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 from ssl3d_keras.atomic import FolderBusyError, atomic_dir, write_json_atomic
@@ -61,9 +62,19 @@ def export_folder(out_dir, allowed):
     except FolderBusyError as e:
         raise ExportError(f"{e.strerror}; wait for that export to finish or choose another "
                           "output folder") from None
-    except OSError as e:
-        raise ExportError(f"{out_dir}: writing the export failed ({e}); an earlier export "
-                          "there is unchanged") from None
+    except _write_errors() as e:
+        raise ExportError(f"{out_dir}: writing the export failed ({_one_line(e)}); an earlier "
+                          "export there is unchanged") from None
+
+
+def _write_errors():
+    """OSError, and TensorFlow's op errors (a full disk inside `tf.saved_model.save` is one)."""
+    tf = sys.modules.get("tensorflow")
+    return (OSError, tf.errors.OpError) if tf is not None else (OSError,)
+
+
+def _one_line(error):
+    return " ".join(str(getattr(error, "message", None) or error).split())
 
 
 def file_manifest(folder):

@@ -23,8 +23,8 @@ def test_export_formats_and_checkpoint(tmp_path):
                                  "--format", "preset", "--format", "hub", "--checkpoint", "1"])
     assert result.exit_code == 0, result.output
     assert "features   stride 4, 4 channels" in result.output
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["hub.tar.gz", "preset",
-                                                                  "savedmodel"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["export.json", "hub.tar.gz",
+                                                                  "preset", "savedmodel"]
     meta = json.loads((tmp_path / "a" / "preset" / "metadata.json").read_text())
     assert meta["pretraining"]["steps"] == 1 and meta["pretraining"]["task"] == "rotation"
 
