@@ -15,6 +15,7 @@ import copy
 import logging
 import math
 import random
+import re
 import signal
 import threading
 import time
@@ -41,6 +42,7 @@ from ssl3d_keras.training.strategy import (
     resolve_jit_compile,
     resolve_precision,
     strategy_name,
+    worker_role,
 )
 
 logger = logging.getLogger("ssl3d_keras")
@@ -113,8 +115,15 @@ def _writing(path, paths, *, tf_errors=False):
     except tf.errors.OpError as e:
         if not tf_errors:
             raise
-        reason = (e.message or type(e).__name__).strip().splitlines()[0][:200]
-        raise RunOutputError(path, reason, _latest_on_disk(paths)) from None
+        raise RunOutputError(path, _system_reason(e), _latest_on_disk(paths)) from None
+
+
+def _system_reason(error):
+    """"No space left on device" from TensorFlow's "{{function_node ..}} FILE; REASON [Op:X]"."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", error.message or "").strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    reason = first.rsplit("; ", 1)[-1]
+    return re.sub(r"\s*\[Op:\w+\]$", "", reason)[:200] or type(error).__name__
 
 
 def _latest_on_disk(paths):
@@ -410,7 +419,7 @@ def pretrain(config, out_dir, *, resume=False, verbose=True, probe=None):
     >>> from ssl3d_keras.training import pretrain
     >>> summary = pretrain({"task": "rotation", "steps": 20}, "runs/rot")  # doctest: +SKIP
     """
-    out_dir = Path(out_dir).resolve()
+    out_dir = _process_dir(Path(out_dir).resolve(), config)
     paths = RunDir(out_dir)
     if resume and not paths.is_run():
         raise DataError(out_dir, "nothing to resume: no config.json in this folder. "
@@ -420,6 +429,40 @@ def pretrain(config, out_dir, *, resume=False, verbose=True, probe=None):
             out_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(RunLock(out_dir))
         return _pretrain_locked(config, paths, resume=resume, verbose=verbose, probe=probe)
+
+
+def _process_dir(out_dir, config):
+    """Where this process writes: the run folder, or a private one for a non-chief worker.
+
+    In a multi-worker run every worker takes part in each checkpoint save
+    (MultiWorkerMirroredStrategy's protocol), but only the chief writes the
+    run folder; every other worker keeps its run, checkpoints included, in
+    `OUT/workers/<task>-<index>`, which also lets it resume where no file
+    system is shared.
+    """
+    if isinstance(config, dict):
+        strategy = config.get("strategy", "auto")
+    else:
+        strategy = getattr(config, "strategy", "auto")
+    if strategy not in ("auto", "multiworker"):
+        return out_dir
+    chief, name = worker_role()
+    return out_dir if chief else out_dir / "workers" / name
+
+
+def _check_workers_agree(strategy, start):
+    """All workers must resume from the same step (each restored its own checkpoints)."""
+    if strategy_name(strategy) != "multiworker":
+        return
+    gathered = strategy.run(lambda: tf.distribute.get_replica_context().all_gather(
+        tf.constant([start], tf.int64), axis=0))
+    steps = strategy.experimental_local_results(gathered)[0].numpy()
+    low, high = int(steps.min()), int(steps.max())
+    if low != high:
+        raise DataError("checkpoints", f"the workers restored different steps ({low} to "
+                        f"{high}): a worker was stopped between two workers' saves. Delete the "
+                        f"newer checkpoints (checkpoints/ckpt-{high}*) so every worker resumes "
+                        f"from step {low}")
 
 
 def _pretrain_locked(config, paths, *, resume, verbose, probe):
@@ -463,6 +506,7 @@ def _pretrain_locked(config, paths, *, resume, verbose, probe):
             _say(verbose, f"Resuming {out_dir} from step {start} ({checkpoints.latest})")
         else:
             _say(verbose, f"No checkpoint in {out_dir} yet; starting from step 0")
+        _check_workers_agree(strategy, start)
         if changes:
             _record_resume_changes(config, changes, start, optimizer, paths)
         with _writing(paths.metrics, paths):
@@ -478,8 +522,9 @@ def _pretrain_locked(config, paths, *, resume, verbose, probe):
             write_json_atomic(paths.config, to_dict(config))
 
     _warn_about_padding(config)
-    monitor = PretrainMonitor.create(config, task, checkpoints, out_dir, start_step=start,
-                                     probe=probe)
+    with _writing(out_dir, paths):
+        monitor = PretrainMonitor.create(config, task, checkpoints, out_dir, start_step=start,
+                                         probe=probe)
     dataset = _distributed_dataset(config, task, strategy, start)
     train_step = make_train_step(task, optimizer, strategy, jit_compile=jit_compile)
     guard = _NonFiniteGuard(task, optimizer, strategy) if config.on_nonfinite == "skip" else None
@@ -521,7 +566,8 @@ def _pretrain_locked(config, paths, *, resume, verbose, probe):
                     logger.step(step, values, lr, skipped=skipped)
                 done = step
                 if monitor is not None and monitor.due(step):
-                    monitor.check(step)
+                    with _writing(out_dir, paths):
+                        monitor.check(step)
                 if stop.signal is not None and step < config.steps:
                     status = "interrupted"
                     break

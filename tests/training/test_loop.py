@@ -468,7 +468,12 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
         # the writer dies part-way: a torn data file, and no index update
         (tmp_path / "run" / "checkpoints" / f"ckpt-{step}_temp").mkdir()
         (tmp_path / "run" / "checkpoints" / f"ckpt-{step}_temp" / "part").write_bytes(b"\0" * 9)
-        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        # TensorFlow's own wording (measured on a full tmpfs)
+        raise tf.errors.ResourceExhaustedError(
+            None, None, "{{function_node __wrapped__SaveV2_dtypes_2_device_/job:localhost/"
+            f"replica:0/task:0/device:CPU:0}} {tmp_path}/run/checkpoints/ckpt-{step}_temp/part-"
+            "00000-of-00001.data-00000-of-00001.tempstate1719; No space left on device "
+            "[Op:SaveV2]")
 
     monkeypatch.setattr(RunCheckpoints, "save", disk_full)
     with pytest.raises(RunOutputError) as info:
@@ -476,7 +481,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
                  verbose=False)
     message = str(info.value)
     assert message.startswith(str(tmp_path / "run" / "checkpoints"))
-    assert "No space left on device" in message and "\n" not in message
+    assert "cannot write (No space left on device); the run stopped" in message
+    assert "\n" not in message
     assert f"previous checkpoint is intact: {tmp_path / 'run' / 'checkpoints' / 'ckpt-2'}" in (
         message)
     for a, b in zip(before, weights_of(tmp_path / "run"), strict=True):
