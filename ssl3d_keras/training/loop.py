@@ -110,6 +110,8 @@ def _writing(path, paths, *, tf_errors=False):
     except RunOutputError:
         raise
     except OSError as e:
+        if e.filename and not Path(e.filename).is_relative_to(paths.root):
+            raise  # not the run's own folder (e.g. a data file that cannot be read)
         raise RunOutputError(e.filename or path, e.strerror or str(e),
                              _latest_on_disk(paths)) from None
     except tf.errors.OpError as e:

@@ -561,3 +561,16 @@ def test_skip_mode_catches_a_nan_update_whose_loss_is_finite(tmp_path):
     assert [r["skipped"] for r in rows] == [0, 0, 0, 1, 1]
     task, _ = load_run(tmp_path / "run")
     assert all(np.isfinite(w.numpy()).all() for w in task.weights)
+
+
+def test_only_the_run_folders_own_write_errors_become_run_output_errors(tmp_path):
+    from ssl3d_keras.training.loop import RunOutputError, _writing
+    from ssl3d_keras.training.rundir import RunDir
+
+    paths = RunDir(tmp_path / "run")
+    with pytest.raises(RunOutputError, match=r"run/missing/f: cannot write \(No such file"):
+        with _writing(paths.root, paths):
+            open(tmp_path / "run" / "missing" / "f", "w")
+    # a file elsewhere (e.g. a data file that cannot be read) keeps its own error
+    with pytest.raises(FileNotFoundError), _writing(paths.root, paths):
+        open(tmp_path / "elsewhere" / "f")
