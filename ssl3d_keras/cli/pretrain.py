@@ -85,7 +85,10 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     32^3 or 48^3 crops, 300 steps) and prints the proxy accuracy against chance.
     The paper's settings are in the zoo recipes (--config).
     Ctrl-C (or SIGTERM) saves a checkpoint at the next step and exits with
-    status 130; continue with --resume.
+    status 130; continue with --resume (also to train longer: --steps, or with
+    a new --learning-rate). One run writes into an --out at a time
+    (OUT/run.lock). A NaN/Inf loss stops the run and keeps its last good
+    checkpoint; --set on_nonfinite=skip undoes and counts such steps instead.
 
     \b
     Examples:

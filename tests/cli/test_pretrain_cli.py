@@ -22,8 +22,8 @@ def test_help_lists_every_option_with_its_default():
     result = invoke("pretrain", "--help")
     assert result.exit_code == 0
     for option in ("--data", "--config", "--out", "--steps", "--epochs", "--batch-size",
-                   "--input-size", "--dim", "--seed", "--resume", "--strategy", "--precision",
-                   "--set"):
+                   "--input-size", "--dim", "--seed", "--resume", "--learning-rate",
+                   "--strategy", "--precision", "--set"):
         assert option in result.output
     assert "Default: 300" in result.output and "phantoms" in result.output
 
