@@ -57,6 +57,35 @@ def make_strategy(name="auto"):
                       f"Received: {name!r}")
 
 
+def worker_role():
+    """This process's place in a multi-worker cluster, from `TF_CONFIG`.
+
+    The chief is the task of type "chief", or worker 0 when the cluster has no
+    chief (TensorFlow's convention). It alone writes the run's outputs.
+
+    Returns:
+        `(is_chief, name)`: `(True, "chief")` without `TF_CONFIG` (one
+        process is its own chief); otherwise e.g. `(False, "worker-1")`.
+
+    Raises:
+        ConfigError: TF_CONFIG does not parse, or names no task of this process.
+    """
+    if not os.environ.get("TF_CONFIG"):
+        return True, "chief"
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        task = config["task"]
+        task_type, index = str(task["type"]), int(task.get("index", 0))
+        has_chief = "chief" in config.get("cluster", {})
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError("TF_CONFIG", "must be JSON with a cluster and this process's task, "
+                          'e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                          f'"task": {{"type": "worker", "index": 0}}}} ({e}). '
+                          f"Received: {os.environ['TF_CONFIG']!r}") from None
+    chief = task_type == "chief" or (not has_chief and task_type == "worker" and index == 0)
+    return chief, "chief" if chief else f"{task_type}-{index}"
+
+
 def strategy_name(strategy):
     """Short name of a strategy: "default", "mirrored", "multiworker" or its class name."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
