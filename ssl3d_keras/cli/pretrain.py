@@ -59,6 +59,10 @@ EXIT_INTERRUPTED = 130
               help="Distribution: auto (MultiWorkerMirrored if TF_CONFIG is set, Mirrored on "
                    "several GPUs, else one device), default, mirrored, multiworker. "
                    "Default: auto.")
+@click.option("--data-service", metavar="HOST:PORT",
+              help="Run the input pipeline on tf.data service workers registered with this "
+                   "dispatcher (`ssl3d data-service`; needs --data they can read). Same as "
+                   "--set data.service=HOST:PORT.")
 @click.option("--precision",
               type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
               help="Compute precision: auto (mixed_float16 on GPU, float32 on CPU), float32, "
@@ -76,8 +80,8 @@ EXIT_INTERRUPTED = 130
                    "best probe picks the best checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar or messages; only the final lines.")
 def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, input_size, dim,
-             seed, resume, learning_rate, strategy, precision, overrides, monitor_every, probe,
-             quiet):
+             seed, resume, learning_rate, strategy, data_service, precision, overrides,
+             monitor_every, probe, quiet):
     """Pretrain an encoder with the proxy TASK (cpc, rotation, jigsaw, rpl, exemplar).
 
     With no options this is a quick demonstration on 16 synthetic phantoms that
@@ -120,6 +124,8 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         overrides = (*overrides, f"monitor.every={monitor_every}")
     if probe:
         overrides = (*overrides, "monitor.probe=true")
+    if data_service is not None:
+        overrides = (*overrides, f"data.service={data_service}")
     config = assemble_config(
         task, config=config_file, stored=read_json(run.config) if resume and run.is_run() else None,
         data=data_path, steps=steps, epochs=epochs, overrides=overrides, batch_size=batch_size,

@@ -21,6 +21,7 @@ phantom generator, which calls numpy, runs only in-process.
 
 Example:
 
+>>> import tensorflow as tf
 >>> dispatcher = start_dispatcher()
 >>> worker = start_worker(dispatcher_address(dispatcher))
 >>> batches = distribute(tf.data.Dataset.range(6).batch(2), dispatcher_address(dispatcher),
@@ -31,12 +32,11 @@ Example:
 
 import re
 
-import tensorflow as tf
-
 from ssl3d_keras.errors import ConfigError
 
-SHARDING = {"dynamic": tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-            "off": tf.data.experimental.service.ShardingPolicy.OFF}
+# TensorFlow is imported where a server or a dataset is made, so that config
+# validation can check an address without it.
+SHARDING = ("dynamic", "off")
 
 _ADDRESS = re.compile(r"^(grpc://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
@@ -65,6 +65,8 @@ def start_dispatcher(port=0, *, work_dir=None):
     Returns:
         a started `tf.data.experimental.service.DispatchServer`.
     """
+    import tensorflow as tf
+
     config = tf.data.experimental.service.DispatcherConfig(
         port=int(port), work_dir=work_dir, fault_tolerant_mode=work_dir is not None)
     return tf.data.experimental.service.DispatchServer(config)
@@ -87,6 +89,8 @@ def start_worker(dispatcher, port=0, *, worker_address=None):
     Returns:
         a started `tf.data.experimental.service.WorkerServer`.
     """
+    import tensorflow as tf
+
     address = check_address(dispatcher, "dispatcher").split("://", 1)[-1]
     kwargs = {} if worker_address is None else {"worker_address": worker_address}
     config = tf.data.experimental.service.WorkerConfig(dispatcher_address=address,
@@ -112,8 +116,16 @@ def distribute(dataset, address, *, job_name, sharding="dynamic"):
     Raises:
         ConfigError: a bad address or sharding name.
     """
-    if sharding not in SHARDING:
-        raise ConfigError("data.service_sharding", f"must be one of {sorted(SHARDING)}. "
-                          f"Received: {sharding!r}")
+    import tensorflow as tf
+
+    check_sharding(sharding)
+    policy = tf.data.experimental.service.ShardingPolicy
+    mode = policy.DYNAMIC if sharding == "dynamic" else policy.OFF
     return dataset.apply(tf.data.experimental.service.distribute(
-        processing_mode=SHARDING[sharding], service=check_address(address), job_name=job_name))
+        processing_mode=mode, service=check_address(address), job_name=job_name))
+
+
+def check_sharding(sharding, key="data.service_sharding"):
+    """Raise a `ConfigError` unless `sharding` is one of `SHARDING`."""
+    if sharding not in SHARDING:
+        raise ConfigError(key, f"must be one of {list(SHARDING)}. Received: {sharding!r}")

@@ -155,6 +155,12 @@ class DataConfig:
         crops_per_volume: examples cut from each volume before the next one.
         cache: keep decoded volumes in memory after the first pass.
         shuffle_volumes: size of the volume shuffle buffer.
+        service: `HOST:PORT` of a tf.data service dispatcher whose workers run
+            the input pipeline (`ssl3d data-service`), or None to run it here.
+            Needs a dataset on disk that the workers can read.
+        service_sharding: "dynamic" (the workers take whole epochs in turn:
+            every example made once, from its usual seed) or "off" (every
+            worker runs the whole pipeline).
         resolved: a `ResolvedData`, filled in when the run resolves its config.
     """
 
@@ -171,6 +177,8 @@ class DataConfig:
     crops_per_volume: int = 1
     cache: bool = True
     shuffle_volumes: int = 64
+    service: str | None = None
+    service_sharding: Literal["dynamic", "off"] = "dynamic"
     resolved: ResolvedData | None = None
 
 
@@ -352,6 +360,7 @@ def validate(config):
             # Path("") is the working directory: never read it by accident.
             raise ConfigError(key, f"expected a folder path or None. Received: {key}={value!r}")
     check_choice("on_nonfinite", config.on_nonfinite, ("stop", "skip"))
+    _validate_service(config.data)
     _validate_optimizer(config.optimizer)
     for key in ("input_shape", "encoder"):
         if key in config.task_config:
@@ -364,6 +373,19 @@ def validate(config):
                           f"is larger than the phantoms (data.phantoms.size="
                           f"{config.data.phantoms.size}). Received: {config.data.input_size}")
     return config
+
+
+def _validate_service(data):
+    from ssl3d_keras.data.service import check_address, check_sharding
+
+    check_sharding(data.service_sharding)
+    if data.service is None:
+        return
+    check_address(data.service)
+    if data.path is None:
+        raise ConfigError("data.service", "needs a dataset on disk (data.path) that the service "
+                          "workers can read; the phantom generator runs Python code, which "
+                          f"they cannot. Received: data.service={data.service!r} with phantoms")
 
 
 def _validate_optimizer(optimizer):

@@ -12,6 +12,7 @@ anything, and turns a folder it cannot write (read-only, full) into one
 
 import contextlib
 import copy
+import hashlib
 import logging
 import math
 import random
@@ -48,8 +49,11 @@ from ssl3d_keras.training.strategy import (
 logger = logging.getLogger("ssl3d_keras")
 
 # The keys a resumed run may change: a longer (or shorter, not below the step
-# reached) run, and a new learning rate (recovering from a NaN).
-RESUMABLE_KEYS = ("steps", "epochs", "optimizer.learning_rate")
+# reached) run, a new learning rate (recovering from a NaN), and where the input
+# pipeline runs.
+RESUMABLE_KEYS = ("steps", "epochs", "optimizer.learning_rate",
+                  # Where the input pipeline runs (a restarted dispatcher has a new address).
+                  "data.service", "data.service_sharding")
 # Keys the run itself fills in, never compared on resume.
 _RUN_RECORDS = ("resumed_changes",)
 
@@ -229,9 +233,10 @@ def _warn_about_padding(config):
             UserWarning, stacklevel=2)
 
 
-def _distributed_dataset(config, task, strategy, start_step):
+def _distributed_dataset(config, task, strategy, start_step, run_id="run"):
     from functools import partial
 
+    from ssl3d_keras.data import service
     from ssl3d_keras.data.pipeline import make_pipeline
     from ssl3d_keras.data.volumes import open_volumes
 
@@ -247,11 +252,17 @@ def _distributed_dataset(config, task, strategy, start_step):
                                slice_axis=data.slice_axis, input_context=context)
         # Replicas of one pipeline take its batches in turn, so global step k
         # uses pipeline batches k*replicas_here ... : resume skips exactly those.
-        return make_pipeline(volumes, partial(task.transform, training=True),
-                             batch_size=per_replica, seed=config.seed, crop_size=crop,
-                             crops_per_volume=data.crops_per_volume,
-                             shuffle_volumes=data.shuffle_volumes, cache=data.cache,
-                             start_batch=start_step * replicas_here, input_context=context)
+        batches = make_pipeline(volumes, partial(task.transform, training=True),
+                                batch_size=per_replica, seed=config.seed, crop_size=crop,
+                                crops_per_volume=data.crops_per_volume,
+                                shuffle_volumes=data.shuffle_volumes, cache=data.cache,
+                                start_batch=start_step * replicas_here, input_context=context)
+        if data.service is None:
+            return batches
+        # One job per run, input pipeline and start: a rerun never joins a stale stream.
+        job = f"ssl3d-{run_id}-p{context.input_pipeline_id}-s{start_step}"
+        return service.distribute(batches, data.service, job_name=job,
+                                  sharding=data.service_sharding)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -527,7 +538,8 @@ def _pretrain_locked(config, paths, *, resume, verbose, probe):
     with _writing(out_dir, paths):
         monitor = PretrainMonitor.create(config, task, checkpoints, out_dir, start_step=start,
                                          probe=probe)
-    dataset = _distributed_dataset(config, task, strategy, start)
+    dataset = _distributed_dataset(config, task, strategy, start,
+                                   run_id=hashlib.sha1(str(out_dir).encode()).hexdigest()[:12])
     train_step = make_train_step(task, optimizer, strategy, jit_compile=jit_compile)
     guard = _NonFiniteGuard(task, optimizer, strategy) if config.on_nonfinite == "skip" else None
     _say(verbose, f"Pretraining '{config.task}' for {config.steps} steps (batch "

@@ -87,3 +87,36 @@ def test_addresses_get_the_grpc_scheme():
 def test_unknown_sharding_is_refused(shards):
     with pytest.raises(ConfigError, match="sharding"):
         service.distribute(_pipeline(shards), "localhost:1", job_name="x", sharding="files")
+
+
+def test_pretraining_through_the_service_equals_pretraining_here(shards, dispatcher, tmp_path):
+    from ssl3d_keras.training import load_run, pretrain
+
+    config = {"task": "rotation", "steps": 3, "batch_size": 2, "log_every": 1,
+              "encoder": {"depth": 1, "base_filters": 2, "dropout": 0.0},
+              "data": {"path": shards, "input_size": 32}}
+    worker = service.start_worker(service.dispatcher_address(dispatcher))
+    try:
+        served = pretrain({**config, "data": {**config["data"],
+                                              "service": service.dispatcher_address(dispatcher)}},
+                          tmp_path / "served", verbose=False)
+    finally:
+        worker.stop()
+    pretrain(config, tmp_path / "here", verbose=False)
+    assert served["steps"] == 3
+    for a, b in zip(load_run(tmp_path / "served")[0].weights, load_run(tmp_path / "here")[0].weights,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"service": "localhost:5050"}, "needs a dataset on disk"),
+    ({"service": "no-port", "path": "x"}, "HOST:PORT"),
+    ({"service_sharding": "files"}, "service_sharding"),
+])
+def test_service_settings_are_checked_with_the_config(data, match):
+    from ssl3d_keras.config import from_dict
+    from ssl3d_keras.training.config import PretrainConfig, validate
+
+    with pytest.raises(ConfigError, match=match):
+        validate(from_dict(PretrainConfig, {"data": data}))

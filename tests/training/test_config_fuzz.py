@@ -86,6 +86,9 @@ RULES = {
     "data.include_unlabelled": one_of(True, False),
     # Which cases to hold out of a dataset; phantoms ignore it (with a warning).
     "data.holdout": lambda v: v is None or type(v) is dict,
+    # The fuzzed configs train on phantoms, which service workers cannot make.
+    "data.service": lambda v: v is None,
+    "data.service_sharding": one_of("dynamic", "off"),
     "data.resolved": lambda v: v is None,  # filled in by the run: a partial table is refused
     "optimizer.name": one_of("adam", "adamw"),
     "optimizer.learning_rate": lambda v: is_number(v, 0, low_open=True),
