@@ -15,7 +15,13 @@ from ssl3d_keras.atomic import atomic_path, write_json_atomic, write_text_atomic
 from ssl3d_keras.benchmark.speed import PAPER_BATCH, PAPER_MIN_SIZE, TASKS, run_isolated
 from ssl3d_keras.errors import ConfigError
 
-PRECISIONS = ("float32", "mixed_bfloat16")
+
+def precisions_here():
+    """float32 and the mixed precision this machine offers: float16 on a GPU, else bfloat16."""
+    import tensorflow as tf
+
+    mixed = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    return ("float32", mixed)
 
 
 @dataclasses.dataclass
@@ -31,6 +37,7 @@ class SpeedPlan:
         steps: timed steps per model measurement.
         rounds: rounds of the interleaved comparison.
         scaling_volumes: phantom counts of the scaling epochs.
+        precisions: float32 and the mixed precision compared with it.
     """
 
     tasks: tuple
@@ -39,9 +46,10 @@ class SpeedPlan:
     encoder: dict
     reference_size: int = 64
     reference_batch: int = 4
-    steps: int = 5
+    steps: int = 3
     rounds: int = 5
     scaling_volumes: tuple = (10, 100, 1000)
+    precisions: tuple = ("float32", "mixed_bfloat16")
 
 
 def make_plan(tasks=TASKS, sizes=None, batch_size=None, quick=False):
@@ -79,6 +87,7 @@ def make_plan(tasks=TASKS, sizes=None, batch_size=None, quick=False):
         plan.sizes = dict(zip(tasks, sizes * len(tasks) if len(sizes) == 1 else sizes, strict=True))
     if batch_size:
         plan.batches = {t: int(batch_size) for t in tasks}
+    plan.precisions = precisions_here()
     return plan
 
 
@@ -101,9 +110,9 @@ def run_speed_suite(plan, *, echo=print):
         echo(_describe(kind, kwargs, result))
         return result
 
-    results["ceiling"] = measure("ceiling", n=2048 if plan.steps < 5 else 4096)
+    results["ceiling"] = measure("ceiling", n=2048 if plan.encoder else 4096)
     results["compare"] = measure("compare", size=plan.reference_size,
-                                 batch_size=plan.reference_batch, precisions=list(PRECISIONS),
+                                 batch_size=plan.reference_batch, precisions=list(plan.precisions),
                                  rounds=plan.rounds, steps=3, encoder=plan.encoder)
     results["reference_memory"] = measure("reference_memory", size=plan.reference_size,
                                           batch_size=plan.reference_batch)
@@ -114,7 +123,7 @@ def run_speed_suite(plan, *, echo=print):
                                 encoder=plan.encoder, **common),
                "pipeline": measure("pipeline", steps=max(plan.steps, 5), **common),
                "end_to_end": {}}
-        for precision in PRECISIONS:
+        for precision in plan.precisions:
             row["end_to_end"][precision] = measure("end_to_end", precision=precision,
                                                    steps=plan.steps, encoder=plan.encoder,
                                                    **common)
@@ -201,7 +210,7 @@ def flat_rows(results):
     """One CSV row per measurement: kind, task, size, batch, precision and its figures."""
     rows = [{"kind": "ceiling", **results["ceiling"]}]
     compare = results["compare"]
-    for name in ("reference", *PRECISIONS):
+    for name in ("reference", *_precisions(results)):
         if name in compare:
             rows.append({"kind": "compare", "task": "rotation", "size": compare["size"],
                          "batch_size": compare["batch_size"],
@@ -226,7 +235,8 @@ def markdown_report(results):
              "| model | precision | step s (median) | examples/s | vs bare Keras |",
              "|---|---|---:|---:|---:|"]
     compare = results["compare"]
-    for name in ("reference", *PRECISIONS):
+    mixed = _precisions(results)[1]
+    for name in ("reference", *_precisions(results)):
         if name in compare:
             r = compare[name]
             lines.append(f"| {'bare Keras' if name == 'reference' else 'ssl3d rotation'} | "
@@ -235,7 +245,8 @@ def markdown_report(results):
                          f"{_fmt(r.get('rate_vs_reference', 1.0), '.2f')}x |")
     lines += ["", "## Per task", "",
               "| task | input | batch | model step s | model ex/s | GFLOP/step | GFLOP/s | MFU | "
-              "pipeline ex/s | end-to-end ex/s f32 | end-to-end ex/s bf16 | peak RSS MiB |",
+              f"pipeline ex/s | end-to-end ex/s f32 | end-to-end ex/s {_short(mixed)} | "
+              "peak RSS MiB |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for task, row in results["tasks"].items():
         m, p, e = row["model"], row["pipeline"], row["end_to_end"]
@@ -245,7 +256,7 @@ def markdown_report(results):
             f"{_fmt(m.get('median_step_sec'), '.3f')} | {_fmt(_rate(m), '.2f')} | "
             f"{_fmt((m.get('step_flops') or 0) / 1e9, '.1f')} | {_fmt(m.get('achieved_gflops'), '.0f')} | "
             f"{_fmt(mfu, '.0%')} | {_fmt(_rate(p), '.1f')} | {_fmt(_rate(e.get('float32')), '.2f')} | "
-            f"{_fmt(_rate(e.get('mixed_bfloat16')), '.2f')} | {_fmt(m.get('peak_rss_mb'), '.0f')} |")
+            f"{_fmt(_rate(e.get(mixed)), '.2f')} | {_fmt(m.get('peak_rss_mb'), '.0f')} |")
     lines += ["", "## Scaling: one epoch streamed from shards", "",
               "| volumes | epoch s | s per volume | peak RSS MiB |", "|---:|---:|---:|---:|"]
     for s in results["scaling"]:
@@ -262,6 +273,14 @@ def markdown_report(results):
     return "\n".join(lines) + "\n"
 
 
+def _precisions(results):
+    return tuple(results["plan"].get("precisions", ("float32", "mixed_bfloat16")))
+
+
+def _short(precision):
+    return {"mixed_bfloat16": "bf16", "mixed_float16": "f16", "float32": "f32"}[precision]
+
+
 def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -275,12 +294,13 @@ def plot_speed(results, path):
     import matplotlib.ticker
 
     tasks = list(results["tasks"])
+    mixed = _precisions(results)[1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.2
     series = [("model only", lambda r: _rate(r["model"])),
               ("pipeline only", lambda r: _rate(r["pipeline"])),
               ("end to end f32", lambda r: _rate(r["end_to_end"].get("float32"))),
-              ("end to end bf16", lambda r: _rate(r["end_to_end"].get("mixed_bfloat16")))]
+              (f"end to end {_short(mixed)}", lambda r: _rate(r["end_to_end"].get(mixed)))]
     for i, (label, get) in enumerate(series):
         values = [get(results["tasks"][t]) or 0.0 for t in tasks]
         left.bar([x + (i - 1.5) * width for x in range(len(tasks))], values, width, label=label)
@@ -295,12 +315,11 @@ def plot_speed(results, path):
     left.legend(fontsize=8)
     left.set_title("Per task")
     compare = results["compare"]
-    names = [n for n in ("reference", *PRECISIONS) if n in compare]
+    names = [n for n in ("reference", *_precisions(results)) if n in compare]
     right.bar(range(len(names)), [compare[n]["examples_per_sec"] for n in names],
               color=["grey", "tab:blue", "tab:orange"][:len(names)])
     right.set_xticks(range(len(names)), ["bare Keras\nf32" if n == "reference" else
-                                         n.replace("mixed_", "ours\n") if n != "float32" else
-                                         "ours\nf32" for n in names])
+                                         f"ours\n{_short(n)}" for n in names])
     right.set_title(f"Rotation {compare.get('size')}^3 x {compare.get('batch_size')}")
     right.set_ylabel("examples / s")
     fig.tight_layout()
