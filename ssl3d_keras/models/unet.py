@@ -13,6 +13,7 @@ import keras
 from ssl3d_keras.config import check_int, reject_unknown_kwargs
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.models.pyramid import PyramidEncoder
+from ssl3d_keras.models.remat import recompute
 
 NORMS = ("batch", "group", "instance", "none")
 
@@ -20,8 +21,28 @@ NORMS = ("batch", "group", "instance", "none")
 # (`conv3d_block(kernel_initializer="he_normal")`); Keras would default to Glorot.
 KERNEL_INITIALIZER = "he_normal"
 
+# TensorFlow 2.21's oneDNN bfloat16 Conv3DBackpropFilter now and then returns Inf/NaN
+# when the input is smaller than the 3-voxel kernel (measured: 6 of 30 calls on
+# (256, 2, 2, 2, 16) -> 32 filters; float32 never): it turned a mixed_bfloat16 CPC
+# run's bottleneck kernels to NaN in its first steps. Only the bottleneck's input can
+# be that small (>= min_input_size / 2**depth = 2 voxels), so under a bfloat16 policy
+# its two convolutions compute in float32 unless `input_size` rules such inputs out;
+# at that size they cost next to nothing.
+SMALLEST_SAFE_BFLOAT16_CONV_INPUT = 3
+
 # Keyword arguments passed on to Keras (the name is an argument of its own).
 _KERAS_KWARGS = ("trainable", "dtype")
+
+
+def _bottleneck_conv_dtype(dtype, spatial, depth):
+    """The dtype of the bottleneck convolutions: float32 where bfloat16 may break."""
+    policy = keras.config.dtype_policy() if dtype is None else keras.dtype_policies.get(dtype)
+    if policy.compute_dtype != "bfloat16":
+        return dtype
+    sizes = [None if s is None else s // 2**depth for s in spatial]
+    if all(s is not None and s >= SMALLEST_SAFE_BFLOAT16_CONV_INPUT for s in sizes):
+        return dtype
+    return "float32"
 
 
 def _norm_layer(norm, filters, name, dtype):
@@ -63,10 +84,25 @@ class UNetEncoder(PyramidEncoder):
         final_pool: bool, MaxPool(2) after the bottleneck. Default `True`.
         input_size: `None` (dynamic spatial size), an int (same size on every
             axis) or a tuple of `dim` ints.
+        remat: bool, rematerialise (gradient checkpointing) every block
+            (`[Dropout ->] Conv -> ReLU -> Norm`) in training: only a block's
+            input is kept for the backward pass, which runs the block again
+            (one more forward pass per step) instead of holding its
+            activations. For 128^3 and larger inputs (the measured savings are
+            in docs/PERFORMANCE.md, "Precision and memory"). Loss, gradients
+            and BatchNorm statistics equal those without it, and Dropout draws
+            the same mask in the recomputation
+            (`ssl3d_keras.models.remat.recompute`). Inference and the skips
+            model are unaffected, and the weights are those of `remat=False`.
+            Default `False`.
         name: str, model name. Default `"unet_encoder"`.
         **kwargs: only `trainable` and `dtype` (a dtype policy such as
             `"mixed_bfloat16"`, applied to every layer; default: the global
-            policy). Any other key is a `ConfigError` naming it.
+            policy). Under a bfloat16 policy the bottleneck's two
+            convolutions compute in float32 unless `input_size` keeps their
+            input at 3 voxels or more per axis: TensorFlow's oneDNN bfloat16
+            kernel gradient now and then returns NaN on 2-voxel inputs. Any
+            other key is a `ConfigError` naming it.
 
     Input shape:
         `(batch, D, H, W, C)` (3D) or `(batch, H, W, C)` (2D). Every spatial
@@ -108,6 +144,7 @@ class UNetEncoder(PyramidEncoder):
         dropout=0.5,
         final_pool=True,
         input_size=None,
+        remat=False,
         name="unet_encoder",
         **kwargs,
     ):
@@ -126,6 +163,8 @@ class UNetEncoder(PyramidEncoder):
             raise ConfigError(
                 "dropout", f"expected a rate in [0, 1). Received: dropout={dropout!r}"
             )
+        if not isinstance(remat, bool):
+            raise ConfigError("remat", f"expected true or false. Received: remat={remat!r}")
         spatial = _spatial_size(input_size, dim)
         # A dtype policy (e.g. "mixed_bfloat16") applies to every layer; None = global policy.
         dtype = kwargs.pop("dtype", None)
@@ -148,19 +187,30 @@ class UNetEncoder(PyramidEncoder):
         inputs = keras.Input(shape=(*spatial, input_channels), name="image")
         x = inputs
         pyramid = {}
+        # The remat segments: each block (its Dropout, Conv, ReLU, Norm) by layer
+        # names, with the pool that follows it, if any.
+        segments = []
+        bottleneck_conv_dtype = _bottleneck_conv_dtype(dtype, spatial, depth)
         for level, width in enumerate(filters):
             prefix = "bottleneck" if level == depth else f"level{level + 1}"
+            conv_dtype = bottleneck_conv_dtype if level == depth else dtype
             for block in (1, 2):
+                layers = []
                 if block == 2 and dropout > 0:
-                    x = keras.layers.Dropout(dropout, name=f"{prefix}_dropout", dtype=dtype)(x)
-                x = conv(width, 3, padding="same", kernel_initializer=KERNEL_INITIALIZER,
-                         name=f"{prefix}_conv{block}", dtype=dtype)(x)
-                x = keras.layers.ReLU(name=f"{prefix}_relu{block}", dtype=dtype)(x)
+                    layers.append(keras.layers.Dropout(dropout, name=f"{prefix}_dropout",
+                                                       dtype=dtype))
+                layers.append(conv(width, 3, padding="same", kernel_initializer=KERNEL_INITIALIZER,
+                                   name=f"{prefix}_conv{block}", dtype=conv_dtype))
+                layers.append(keras.layers.ReLU(name=f"{prefix}_relu{block}", dtype=dtype))
                 norm_layer = _norm_layer(norm, width, f"{prefix}_norm{block}", dtype)
                 if norm_layer is not None:
-                    x = norm_layer(x)
+                    layers.append(norm_layer)
+                for layer in layers:
+                    x = layer(x)
+                segments.append([tuple(layer.name for layer in layers), None])
             if level < depth:
                 pyramid[f"skip_{level + 1}"] = x
+                segments[-1][1] = f"{prefix}_pool"
                 x = pool(2, name=f"{prefix}_pool", dtype=dtype)(x)
             else:
                 pyramid["bottleneck"] = x
@@ -178,10 +228,32 @@ class UNetEncoder(PyramidEncoder):
         self.dropout = dropout
         self.final_pool = bool(final_pool)
         self.input_size = input_size
+        self.remat = remat
+        self._segments = tuple(tuple(segment) for segment in segments)
         self.min_input_size = min_size
         # The skips of level k have stride 2**(k-1): sizes divisible by 2**depth align them all.
         self.divisible_by = 2**depth
         self.pyramid_outputs = pyramid
+
+    def call(self, inputs, training=None, mask=None):
+        if not (self.remat and training):
+            return super().call(inputs, training=training, mask=mask)
+        self._check_input_shape(tuple(inputs.shape))
+        # The functional graph's own layers, called block by block so that each
+        # block is one recomputed segment. Blocks, not whole levels: the first
+        # level holds most of the activations, and recomputing it whole would
+        # bring them all back at once in its backward pass (measured: a level
+        # per segment saved half as much at 128^3). The pools stay outside:
+        # their backward needs their input and output anyway.
+        x = keras.ops.cast(inputs, self.inputs[0].dtype)
+        for names, pool_name in self._segments:
+            layers = [self.get_layer(name) for name in names]
+            x = recompute(lambda t, layers=layers: _run(layers, t, training), x, layers)
+            if pool_name is not None:
+                x = self.get_layer(pool_name)(x)
+        if self.final_pool:
+            x = self.get_layer("final_pool")(x)
+        return x
 
     def _minimum_size_text(self):
         pools = self.depth + int(self.final_pool)
@@ -198,8 +270,15 @@ class UNetEncoder(PyramidEncoder):
             "norm": self.norm,
             "dropout": self.dropout,
             "final_pool": self.final_pool,
+            "remat": self.remat,
             **self._base_config(),
         }
+
+
+def _run(layers, x, training):
+    for layer in layers:
+        x = layer(x, training=training)
+    return x
 
 
 def _spatial_size(input_size, dim):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from ssl3d_keras.errors import ConfigError
 from ssl3d_keras.models import UNetEncoder
+from ssl3d_keras.models.dtype import dtype_policy
 
 
 def hand_param_count(channels, dim, depth, base, bottleneck=None, norm_params=4):
@@ -200,3 +201,99 @@ def test_dtype_policy_argument(rng):
     clone = UNetEncoder.from_config(encoder.get_config())
     assert clone.get_layer("level1_conv1").dtype_policy.name == "mixed_bfloat16"
     assert "dtype" not in UNetEncoder(dim=2, depth=1, base_filters=2).get_config()
+
+
+def _remat_step(remat, dropout, graph, dim=3, policy=None):
+    keras.utils.set_random_seed(3)  # the same weights and dropout seeds for both settings
+    encoder = UNetEncoder(dim=dim, depth=2, base_filters=4, dropout=dropout, remat=remat,
+                          dtype=policy)
+    x = tf.random.stateless_normal((2, *(16,) * dim, 1), seed=[1, 2])
+    optimizer = keras.optimizers.SGD(0.1)
+
+    def step():
+        with tf.GradientTape() as tape:
+            features = tf.cast(encoder(x, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.square(features - 0.5))
+        grads = tape.gradient(loss, encoder.trainable_weights)
+        optimizer.apply_gradients(zip(grads, encoder.trainable_weights, strict=True))
+        return loss, grads
+
+    loss, grads = (tf.function(step) if graph else step)()
+    moving = {w.path: w.numpy() for w in encoder.non_trainable_weights}
+    return float(loss), [g.numpy() for g in grads], moving
+
+
+@pytest.mark.parametrize("dropout,graph", [(0.0, True), (0.5, True), (0.5, False)])
+def test_remat_step_equals_the_plain_step(dropout, graph):
+    # With dropout > 0 the recomputation draws the same masks, so it still matches.
+    loss, grads, moving = _remat_step(False, dropout, graph)
+    r_loss, r_grads, r_moving = _remat_step(True, dropout, graph)
+    assert r_loss == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(grads, r_grads, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert r_moving.keys() == moving.keys() and any("moving_mean" in k for k in moving)
+    for name, value in moving.items():  # BatchNorm updated once per step
+        np.testing.assert_allclose(r_moving[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_remat_in_2d_and_mixed_precision():
+    loss, grads, _ = _remat_step(False, 0.25, True, dim=2, policy="mixed_bfloat16")
+    r_loss, r_grads, _ = _remat_step(True, 0.25, True, dim=2, policy="mixed_bfloat16")
+    assert r_loss == pytest.approx(loss, rel=1e-5)
+    for a, b in zip(grads, r_grads, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_recomputes_the_blocks_in_the_backward_pass():
+    def conv_ops(remat):
+        encoder = UNetEncoder(depth=1, base_filters=2, dropout=0.0, remat=remat)
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(encoder(x, training=True))
+            return tape.gradient(loss, encoder.trainable_weights)
+
+        graph = step.get_concrete_function(tf.TensorSpec((1, 8, 8, 8, 1))).graph
+        return sum(op.type == "Conv3D" for op in graph.get_operations())
+
+    # 4 convolutions forward; with remat each runs again before its gradient
+    assert conv_ops(False) == 4
+    assert conv_ops(True) == 8
+
+
+def test_remat_config_round_trip_and_inference_unchanged(rng):
+    plain = UNetEncoder(depth=1, base_filters=2)
+    remat = UNetEncoder(depth=1, base_filters=2, remat=True)
+    assert remat.get_config()["remat"] is True and plain.get_config()["remat"] is False
+    clone = UNetEncoder.from_config(remat.get_config())
+    assert clone.remat is True
+    # the same layers and weights: a remat encoder's weights load into a plain one
+    assert [w.path for w in remat.weights] == [w.path for w in plain.weights]
+    plain.set_weights(remat.get_weights())
+    x = rng.normal(size=(1, 8, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(remat(x), plain(x))
+    with pytest.raises(ConfigError) as info:
+        UNetEncoder(depth=1, remat="yes")
+    assert info.value.key == "remat"
+
+
+def test_bfloat16_bottleneck_convolutions_compute_in_float32_where_inputs_can_be_tiny():
+    def dtypes(**kwargs):
+        encoder = UNetEncoder(depth=2, base_filters=2, **kwargs)
+        return {name: encoder.get_layer(name).compute_dtype
+                for name in ("level2_conv2", "bottleneck_conv1", "bottleneck_conv2",
+                             "bottleneck_relu1")}
+
+    bf16 = {"level2_conv2": "bfloat16", "bottleneck_conv1": "float32",
+            "bottleneck_conv2": "float32", "bottleneck_relu1": "bfloat16"}
+    # dynamic sizes, or a bottleneck input of 2 voxels (8 // 2**2): float32 convolutions
+    assert dtypes(dtype="mixed_bfloat16") == bf16
+    assert dtypes(dtype="mixed_bfloat16", input_size=(8, 16, 16)) == bf16
+    # 12 // 4 = 3 voxels on every axis: safe, bfloat16 throughout
+    assert set(dtypes(dtype="mixed_bfloat16", input_size=12).values()) == {"bfloat16"}
+    assert set(dtypes().values()) == {"float32"}
+    with dtype_policy("mixed_bfloat16"):  # the global policy counts too
+        assert dtypes() == bf16
+    encoder = UNetEncoder(depth=2, base_filters=2, dtype="mixed_bfloat16")
+    assert encoder(np.zeros((1, 8, 8, 8, 1), "float32"), training=True).dtype == tf.bfloat16
