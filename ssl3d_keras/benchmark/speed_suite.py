@@ -101,7 +101,8 @@ def run_speed_suite(plan, *, echo=print):
     Returns:
         dict: `machine`, `plan`, `ceiling`, `compare`, `reference_memory`,
         `tasks` (per task: `model`, `pipeline`, `end_to_end` per precision),
-        `scaling` (a list) and `targets` (see `check_targets`).
+        `scaling` (a list), `workers` (one and two loopback worker processes)
+        and `targets` (see `check_targets`).
     """
     results = {"machine": _machine(), "plan": dataclasses.asdict(plan)}
 
@@ -129,6 +130,7 @@ def run_speed_suite(plan, *, echo=print):
                                                    **common)
         results["tasks"][task] = row
     results["scaling"] = [measure("scaling", volumes=n) for n in plan.scaling_volumes]
+    results["workers"] = [measure("workers", workers=n, steps=4 * plan.steps) for n in (1, 2)]
     results["targets"] = check_targets(results)
     return results
 
@@ -222,6 +224,7 @@ def flat_rows(results):
         rows.append(row["pipeline"])
         rows.extend(row["end_to_end"].values())
     rows.extend(results["scaling"])
+    rows.extend({"kind": "workers", **w} for w in results.get("workers", []))
     return rows
 
 
@@ -262,6 +265,14 @@ def markdown_report(results):
     for s in results["scaling"]:
         lines.append(f"| {s.get('volumes')} | {_fmt(s.get('epoch_sec'), '.1f')} | "
                      f"{_fmt(s.get('sec_per_volume'), '.3f')} | {_fmt(s.get('peak_rss_mb'), '.0f')} |")
+    workers = [w for w in results.get("workers", []) if "error" not in w]
+    if workers:
+        lines += ["", "## Loopback workers on this one machine (rotation, reduced encoder)", "",
+                  "| worker processes | global batch | global examples/s | vs 1 |",
+                  "|---:|---:|---:|---:|"]
+        base = workers[0]["examples_per_sec"]
+        lines += [f"| {w['workers']} | {w['batch_size']} | {_fmt(w['examples_per_sec'], '.1f')} | "
+                  f"{_fmt(_ratio(w['examples_per_sec'], base), '.2f')} |" for w in workers]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for t in results.get("targets") or check_targets(results):
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]

@@ -116,6 +116,8 @@ def test_a_failed_measurement_is_reported_not_counted_as_met():
 
 def test_report_files_hold_every_measurement(tmp_path):
     results = _results()
+    results["workers"] = [{"workers": 1, "batch_size": 8, "examples_per_sec": 60.0},
+                          {"workers": 2, "batch_size": 8, "examples_per_sec": 24.0}]
     results["targets"] = speed_suite.check_targets(results)
     paths = speed_suite.write_speed_report(copy.deepcopy(results), tmp_path)
     assert json.loads(open(paths["json"]).read())["ceiling"]["gflops"] == 400.0
@@ -124,6 +126,7 @@ def test_report_files_hold_every_measurement(tmp_path):
     markdown = open(paths["md"]).read()
     assert "| rotation | 64^3 | 4 |" in markdown and "MFU" in markdown
     assert "50%" in markdown  # 200 achieved / 400 ceiling GFLOP/s
+    assert "| 2 | 8 | 24.0 | 0.40 |" in markdown  # two loopback workers against one
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,8 +5,8 @@ from click.testing import CliRunner
 
 from ssl3d_keras.cli.main import COMMANDS, cli
 
-INTERFACE = ["pretrain", "finetune", "predict", "export", "prepare", "phantoms", "show", "benchmark", "zoo",
-             "info"]
+INTERFACE = ["pretrain", "finetune", "predict", "export", "prepare", "phantoms", "show", "benchmark",
+             "data-service", "zoo", "info"]
 
 
 def test_help_lists_every_command_of_the_interface():
