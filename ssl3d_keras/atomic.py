@@ -12,22 +12,35 @@ is two renames (old aside to `.NAME.old-*`, new into place) under a lock file
 folder aside: `recover_dir` (run by the next `atomic_dir` on that path, and by
 loaders that find `NAME` missing) puts the old folder back, and removes the
 leftovers of killed writers (`.NAME.old-*`, `.NAME.new-*`).
+
+The lock is the project's one advisory lock (`hold_lock`), also held by a run
+over its run directory (`ssl3d_keras.training.lock.RunLock`): an exclusive
+`flock` on a file that records its holder as JSON `{pid, host, started}`. The
+kernel drops the lock when the holder dies, however it dies; the record stays
+so that a refused writer can say who holds the lock, and a file left by a
+killed holder is taken over with a warning naming it.
 """
 
 import contextlib
+import datetime
 import errno
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock, the swap protocol still holds for one writer
+except ImportError:  # pragma: no cover - not POSIX: the holder record alone decides
     fcntl = None
+
+logger = logging.getLogger("ssl3d_keras")
 
 
 @contextlib.contextmanager
@@ -90,10 +103,6 @@ def write_json_atomic(path, data, **dumps_kwargs):
     return Path(path)
 
 
-class FolderBusyError(BlockingIOError):
-    """Another process holds the lock of the folder (`folder_lock(..., blocking=False)`)."""
-
-
 def _sibling(path, kind):
     return path.parent / f".{path.name}.{kind}-{secrets.token_hex(4)}"
 
@@ -112,47 +121,184 @@ def has_leftovers(path):
     return bool(_leftovers(path, "old") or _leftovers(path, "new"))
 
 
+class LockBusyError(BlockingIOError):
+    """Another live process holds a lock asked for without waiting (`hold_lock(..., blocking=False)`).
+
+    Args:
+        path: the lock file.
+        holder: the holder's record `{pid, host, started}`, or None if unreadable.
+        message: the error text (default: the lock file and its holder).
+    """
+
+    def __init__(self, path, holder, message=None):
+        self.path = Path(path)
+        self.holder = holder
+        super().__init__(errno.EAGAIN, message or f"{path} is held by {describe_holder(holder)}")
+
+
+class FolderBusyError(LockBusyError):
+    """Another process holds the lock of the folder (`folder_lock(..., blocking=False)`)."""
+
+
+def read_holder(path):
+    """The holder record `{pid, host, started}` of a lock file, or None if unreadable."""
+    try:
+        return _parse_holder(Path(path).read_bytes())
+    except OSError:
+        return None
+
+
+def _parse_holder(data):
+    try:
+        record = json.loads(data)
+    except ValueError:  # empty, or written by an older version (a bare pid)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def describe_holder(record):
+    """`"pid 12 on host gpu1 since 2026-11-29T10:00:00+00:00"`: a lock holder, for messages."""
+    if not record:
+        return "an unknown holder (its record is unreadable)"
+    return f"pid {record.get('pid')} on host {record.get('host')} since {record.get('started')}"
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # someone else's process, or a record we cannot judge: assume alive
+    return True
+
+
+def _holder_alive(record):
+    """True if the record's process still runs on this host (another host's cannot be judged)."""
+    return (bool(record) and record.get("host") == socket.gethostname()
+            and _pid_alive(record.get("pid")))
+
+
+def _busy_holder(fd):
+    """The record of the live holder of `fd`'s lock; it writes it just after locking."""
+    for _ in range(20):
+        record = _parse_holder(os.pread(fd, 4096, 0))
+        if record:
+            return record
+        time.sleep(0.01)
+    return None
+
+
+@contextlib.contextmanager
+def hold_lock(path, *, blocking=True):
+    """Hold the exclusive advisory lock of the file `path` and record this process in it.
+
+    The one lock of the project: folder swaps (`folder_lock`) and runs
+    (`ssl3d_keras.training.lock.RunLock`) both hold it. It is a POSIX `flock`,
+    which the kernel releases when the holder dies; the file holds the JSON
+    record `{pid, host, started}` of its holder and is removed on release. A
+    record left by a holder that was killed is taken over with a warning
+    naming it. Without `fcntl` (not POSIX) a record whose process still runs
+    on this host is taken as held.
+
+    Args:
+        path: the lock file (its folder must exist).
+        blocking: wait for the holder to release it (True), or raise
+            `LockBusyError` naming the holder.
+
+    Yields:
+        The record written for this process (`pid`, `host`, `started`).
+
+    Raises:
+        LockBusyError: `blocking=False` and another live process holds it
+            (this process too, through another `hold_lock`).
+        OSError: the lock file cannot be created (e.g. a read-only folder).
+
+    Example:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with hold_lock(f"{folder}/run.lock") as holder:
+    ...         sorted(holder)
+    ['host', 'pid', 'started']
+    """
+    path = Path(path)
+    fd = _acquire(path, blocking)
+    try:
+        previous = _parse_holder(os.pread(fd, 4096, 0))
+        alive = _holder_alive(previous)
+        if fcntl is None and alive:
+            raise LockBusyError(path, previous)
+        if previous and not alive:
+            # We hold the lock, so its previous holder is gone: killed without releasing it.
+            logger.warning("Taking over the lock of %s, which stopped without releasing it (%s)",
+                           describe_holder(previous), path)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield holder
+    finally:
+        try:
+            # Unlink while still holding the lock, so a waiting writer never sees our record.
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _acquire(path, blocking):
+    """Open and flock `path`; returns the descriptor of the file still linked at `path`."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            busy = e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+            record = _busy_holder(fd) if busy else None
+            os.close(fd)
+            if busy:
+                raise LockBusyError(path, record) from None
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        # The holder we waited on removed this file as it released it: lock the new one.
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def folder_lock(path, *, blocking=True):
-    """Hold the lock file `.NAME.lock` beside folder `path` (POSIX `flock`).
-
-    The file holds the holder's pid and is removed on release; a lock file
-    left by a killed process is free (the kernel drops the lock with it).
+    """Hold the lock file `.NAME.lock` beside folder `path` (`hold_lock`).
 
     Args:
         path: the folder the lock guards (it need not exist).
         blocking: wait for the lock (True) or raise `FolderBusyError` naming the holder.
+
+    Yields:
+        The holder record written for this process (`pid`, `host`, `started`).
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.parent / f".{path.name}.lock"
-    if fcntl is None:
-        yield
-        return
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise FolderBusyError(errno.EAGAIN, f"{path} is being written by another process "
-                                  f"(pid {holder})") from None
-        # The previous holder may have removed the file between our open and flock.
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.unlink(lock)
-        os.close(fd)
+            holder = stack.enter_context(
+                hold_lock(path.parent / f".{path.name}.lock", blocking=blocking))
+        except LockBusyError as e:
+            raise FolderBusyError(e.path, e.holder, f"{path} is being written by another "
+                                  f"process: {describe_holder(e.holder)}") from None
+        yield holder
 
 
 def recover_dir(path):

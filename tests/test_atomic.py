@@ -51,6 +51,7 @@ from ssl3d_keras.atomic import (  # noqa: E402
     atomic_dir,
     folder_lock,
     has_leftovers,
+    read_holder,
     recover_dir,
     replace_dir,
 )
@@ -142,7 +143,7 @@ def test_folder_lock_refuses_a_second_writer_naming_it(tmp_path):
     import os
 
     with folder_lock(tmp_path / "out"):
-        assert (tmp_path / ".out.lock").read_text() == str(os.getpid())
+        assert read_holder(tmp_path / ".out.lock")["pid"] == os.getpid()
         # flock locks belong to the open file, so a second open in this process is refused too.
         with pytest.raises(FolderBusyError, match=rf"pid {os.getpid()}"), \
                 folder_lock(tmp_path / "out", blocking=False):
@@ -157,3 +158,83 @@ def test_a_lock_file_left_by_a_killed_writer_does_not_block(tmp_path):
     with atomic_dir(tmp_path / "out", blocking=False) as tmp:
         (tmp / "file.txt").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# The one advisory lock (folder swaps and runs): holder record, refusal, waiting, takeover.
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from ssl3d_keras.atomic import LockBusyError, hold_lock  # noqa: E402
+
+HOLD = ("import sys\nfrom ssl3d_keras.atomic import hold_lock\n"
+        "with hold_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n")
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding `tmp_path / "x.lock"` until its stdin is closed."""
+    lock = tmp_path / "x.lock"
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    yield lock, process
+    if not process.stdin.closed:
+        process.stdin.close()
+    process.wait(timeout=30)
+
+
+def test_a_held_lock_refuses_another_process_naming_its_holder(held):
+    lock, process = held
+    with pytest.raises(LockBusyError) as info, hold_lock(lock, blocking=False):
+        pass
+    assert info.value.holder["pid"] == process.pid
+    assert info.value.holder["host"] == socket.gethostname()
+    assert f"is held by pid {process.pid} on host {socket.gethostname()} since " in str(info.value)
+    assert read_holder(lock) == info.value.holder  # the holder's record is left alone
+
+
+def test_a_blocking_lock_waits_for_the_holder_to_release_it(held, caplog):
+    lock, process = held
+    closer = threading.Timer(0.3, process.stdin.close)
+    start = time.monotonic()
+    closer.start()
+    with caplog.at_level("WARNING", logger="ssl3d_keras"), hold_lock(lock) as holder:
+        waited = time.monotonic() - start
+        assert read_holder(lock) == holder and holder["pid"] == os.getpid()
+    closer.join()
+    assert waited >= 0.3  # the holder releases only once its stdin is closed
+    assert "Taking over" not in caplog.text  # a released lock is not a killed holder's
+    assert not lock.exists()
+
+
+def test_a_folder_lock_left_by_a_killed_writer_is_taken_over_with_a_warning(tmp_path, caplog):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)  # that process has exited
+    (tmp_path / ".out.lock").write_text(json.dumps(
+        {"pid": pid, "host": socket.gethostname(), "started": "2026-11-29T10:00:00+00:00"}))
+    with caplog.at_level("WARNING", logger="ssl3d_keras"), atomic_dir(tmp_path / "out") as tmp:
+        assert read_holder(tmp_path / ".out.lock")["pid"] == os.getpid()
+        (tmp / "file.txt").write_text("x")
+    assert (f"Taking over the lock of pid {pid} on host {socket.gethostname()} since "
+            "2026-11-29T10:00:00+00:00") in caplog.text
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_holder_without_a_readable_record_is_still_refused(tmp_path):
+    import fcntl
+
+    lock = tmp_path / ".out.lock"
+    lock.write_text("4242")  # an older version's bare pid
+    with open(lock) as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # a second open file: conflicts even in this process
+        with pytest.raises(FolderBusyError, match="by another process: an unknown holder") as info, \
+                folder_lock(tmp_path / "out", blocking=False):
+            pass
+    assert info.value.holder is None
+    assert lock.read_text() == "4242"

@@ -280,8 +280,8 @@ def test_export_refuses_foreign_folders_and_a_second_writer(tmp_path):
     with pytest.raises(ExportError, match="is a file"):
         export_encoder(_tiny_encoder(1), tmp_path / "file")
     with folder_lock(tmp_path / "exp"):
-        with pytest.raises(ExportError, match=rf"being written by another process \(pid "
-                                              rf"{os.getpid()}\)"):
+        with pytest.raises(ExportError, match=rf"being written by another process: pid "
+                                              rf"{os.getpid()} on host "):
             export_encoder(_tiny_encoder(1), tmp_path / "exp")
 
 
