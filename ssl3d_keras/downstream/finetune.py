@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import math
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -358,7 +359,9 @@ def load_finetuned(run_dir):
         `(model, config)`.
 
     Raises:
-        DataError: no model.keras (the run has not finished) or no config.json.
+        DataError: no model.keras (the run has not finished), no config.json, or
+            a model.keras that Keras refuses in safe mode (a Python lambda, an
+            unknown layer, not a `.keras` zip file); the error names the file.
     """
     import keras
 
@@ -374,4 +377,19 @@ def load_finetuned(run_dir):
     import ssl3d_keras.export.layer  # noqa: F401
     import ssl3d_keras.models  # noqa: F401
 
-    return keras.saving.load_model(str(path), compile=False), config
+    try:
+        model = keras.saving.load_model(str(path), compile=False)
+    except (ValueError, TypeError) as e:
+        raise DataError(path, _refused(path, e)) from e
+    return model, config
+
+
+def _refused(path, error):
+    """Why Keras would not load `path`, without Keras's advice to turn safe mode off."""
+    if not zipfile.is_zipfile(path):
+        reason = "not a .keras zip file (truncated or overwritten)"
+    else:
+        reason = f"Keras refuses it: {str(error).split('. ')[0].rstrip('.')}"
+    return (f"{reason}. A fine-tuning run writes a model.keras that loads in Keras safe mode "
+            "(which runs no code stored in the file); this one was written elsewhere or "
+            "edited: re-run the fine-tuning to write it again")

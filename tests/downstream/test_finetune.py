@@ -206,3 +206,19 @@ def test_brats_data_is_scored_by_region(tmp_path, rng):
     assert metrics["classes"]["3"] == "enhancing tumour"
     assert {"dice_peritumoral edema", "dice_enhancing tumour"} <= set(row)
     assert "dice_background" not in row
+
+
+def test_a_model_keras_that_keras_refuses_is_a_data_error_naming_it(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(tmp_path / "model.keras")
+    (tmp_path / "config.json").write_text(json.dumps({"scratch": True}))
+    with pytest.raises(DataError) as info:
+        load_finetuned(tmp_path)
+    assert info.value.source == str(tmp_path / "model.keras")
+    assert "Keras refuses it: Requested the deserialization of a `Lambda` layer" in str(info.value)
+    assert "safe_mode=False" not in str(info.value)  # Keras's advice is not passed on
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match=r"model.keras: not a .keras zip file \(truncated"):
+        load_finetuned(tmp_path)
