@@ -67,7 +67,14 @@ def kill_and_resume(tmp_path, reference, **kill):
 # Moments by what the run is writing (globs under the run folder) or by hook (killshim.py).
 MOMENTS = [
     ("phantoms-being-written", {"watch": "run/phantoms/imagesTr/phantom_002*"}),
-    ("prepare-shard", {"kill_at": "tfrecord:3"}),
+    pytest.param("prepare-shard", {"kill_at": "tfrecord:3"}, marks=pytest.mark.xfail(
+        strict=True, reason=(
+            "killed in its own prepare, `ssl3d finetune --resume` says 'nothing to resume: no "
+            "config.json' and the same command again stops on 'OUT/prepared: holds 1 shard "
+            "files but no manifest.json (an interrupted prepare?); pass --overwrite', an option "
+            "ssl3d finetune does not have: the run cannot go on without deleting OUT/prepared "
+            "by hand (ssl3d pretrain prepares again over such leftovers)")),
+        id="prepare-shard"),
     ("config-written", {"watch": "run/config.json"}),
     ("checkpoint-data", {"watch": "run/checkpoints/ckpt-4_temp*"}),
     ("checkpoint-files-index-not", {"kill_at": "record:3"}),
@@ -79,7 +86,8 @@ MOMENTS = [
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.parametrize("moment, kill", MOMENTS, ids=[m[0] for m in MOMENTS])
+@pytest.mark.parametrize("moment, kill", MOMENTS,
+                         ids=[m[0] if isinstance(m, tuple) else m.id for m in MOMENTS])
 def test_sigkill_at_a_chosen_moment(tmp_path, finetune_reference, moment, kill):
     kill = {key: (str(tmp_path / value) if key == "watch" else value)
             for key, value in kill.items()}
