@@ -34,8 +34,11 @@ class CheckpointType(click.ParamType):
 def export(run_dir, out_dir, formats, checkpoint):
     """Export the encoder of the pretraining run RUN_DIR, or a fine-tuning run.
 
-    Every part is written atomically; exporting the same checkpoint twice gives
-    the same preset files. A fine-tuning run (`ssl3d finetune`) exports the whole
+    OUT also holds export.json, written last: the run (and checkpoint) it came
+    from and the sha256 of every file. OUT is built beside itself and replaced as a whole on
+    re-export (a failed export leaves the previous one as it was), and loaders
+    refuse a partial or mixed OUT (files missing, changed or added since).
+    Exporting the same checkpoint twice gives the same preset files. A fine-tuning run (`ssl3d finetune`) exports the whole
     model as a SavedModel for serving (OUT/model/), OUT/model.keras, its
     fine-tuned encoder in the formats asked for (OUT/encoder/) and
     OUT/finetune.json (what to feed, classes, scores). Examples:
