@@ -27,12 +27,26 @@ concerns display.
 
 A broken series is a `DataError` naming the file and the problem: a file that
 is not DICOM, is truncated, has no pixel data (a report, a plan, a DICOMDIR),
-is multi-frame, colour, or compressed with a transfer syntax that pydicom
-cannot decode with the packages installed (uncompressed and RLE always work);
-a single slice; slices with different orientations, sizes or pixel spacings;
-two slices at one position; gaps between slices that differ by more than
-`spacing_tolerance` of the median gap (a missing slice); positions that do
+is multi-frame, colour or palette, has an unknown transfer syntax or one that
+pydicom cannot decode with the packages installed (uncompressed and RLE always
+work); a single slice; slices with different orientations, sizes or pixel
+spacings; two slices at one position; gaps between slices that differ by more
+than `spacing_tolerance` of the median gap (a missing slice); positions that do
 not lie on a line.
+
+Every header is untrusted (a bit flip, a hand-edited tag, a file made to
+hurt), so before any pixel is decoded: Rows and Columns must be positive
+integers; position, orientation and pixel spacing finite, of 3, 6 and 2
+values, the orientation two orthogonal unit vectors, the pixel spacing and the
+step between slices within `nifti.VOXEL_SIZE_RANGE` mm; RescaleSlope and
+RescaleIntercept single finite numbers, the slope not 0; and the volume the
+headers declare (Rows x Columns x files, as float32) must fit the per-volume
+cap of `nifti.MAX_VOLUME_BYTES` (2 GiB; `max_bytes=` or the
+`SSL3D_MAX_VOLUME_BYTES` environment variable), so a header declaring 65535 x
+65535 pixels is refused before anything is allocated. Rescaled values that
+overflow float32 are refused too. pydicom's warnings about the values it
+repairs while reading are kept off the terminal: a file either loads or gives
+one `DataError` line.
 
 Example:
 
@@ -44,8 +58,11 @@ Example:
 ((512, 512, 120, 1), (0.7, 0.7, 2.5))
 """
 
+import contextlib
+import logging
 import os
 import re
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,6 +87,7 @@ _HEADER_TAGS = ("SeriesInstanceUID", "PatientID", "SeriesDescription", "SeriesNu
 _ORIENTATION_ATOL = 1e-3
 _DUPLICATE_MM = 1e-2
 _RLE_LOSSLESS = "1.2.840.10008.1.2.5"  # pydicom decodes it without extra packages
+_GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
 
 def is_dicom_candidate(path):
@@ -130,15 +148,19 @@ def find_series(root):
     unreadable = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and is_dicom_candidate(p)):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+            with _quiet_pydicom():
+                ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=list(_HEADER_TAGS))
+                meta = getattr(ds, "file_meta", {})
+                sop_classes = (str(ds.get("SOPClassUID", "")),
+                               str(meta.get("MediaStorageSOPClassUID", "")))
+                uid = str(ds.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
+                _series_name(ds)  # values are decoded when read: a broken one fails here
         except Exception:  # noqa: BLE001 - pydicom raises many types for a non-DICOM file
             unreadable.append(path)
             continue
-        meta = getattr(ds, "file_meta", {})
-        if _DICOMDIR_SOP_CLASS in (str(ds.get("SOPClassUID", "")),
-                                   str(meta.get("MediaStorageSOPClassUID", ""))):
+        if _DICOMDIR_SOP_CLASS in sop_classes:
             continue
-        uid = str(ds.get("SeriesInstanceUID", "") or f"no SeriesInstanceUID: {path}")
         series[uid].append(path)
         headers.setdefault(uid, ds)
 
@@ -173,7 +195,7 @@ def find_series(root):
     return [(cid, tuple(str(p) for p in sorted(files))) for cid, files in sorted(cases.items())]
 
 
-def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE):
+def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE, max_bytes=None):
     """Load one DICOM series (one single-frame slice per file) as a volume.
 
     Args:
@@ -183,6 +205,9 @@ def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE):
         spacing_tolerance: largest allowed difference between a gap of
             consecutive slices and the median gap, as a fraction of the
             median gap (also the allowed sideways drift of the positions).
+        max_bytes: per-volume cap on the float32 array the headers declare,
+            or None for `SSL3D_MAX_VOLUME_BYTES` if set, else
+            `nifti.MAX_VOLUME_BYTES` (2 GiB).
 
     Returns:
         A `ssl3d_keras.data.nifti.Volume`: float32 array `(D, H, W, 1)`,
@@ -195,6 +220,11 @@ def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE):
     paths = [str(p) for p in paths]
     if not paths:
         raise DataError("DICOM series", "has no file")
+    with _quiet_pydicom():
+        return _load(paths, canonical, spacing_tolerance, nifti.max_volume_bytes(max_bytes))
+
+
+def _load(paths, canonical, spacing_tolerance, max_bytes):
     slices = [_read_slice(p) for p in paths]
     uids = {s["uid"] for s in slices}
     if len(uids) > 1:
@@ -220,6 +250,7 @@ def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE):
     normal = np.cross(row_dir, col_dir)
     slices.sort(key=lambda s: float(s["position"] @ normal))
     step = _check_positions(slices, normal, spacing_tolerance)
+    _check_size(first["path"], first["shape"], len(slices), first["bits"], max_bytes)
 
     array = np.empty((*reversed(first["shape"]), len(slices), 1), np.float32)
     for k, s in enumerate(slices):
@@ -240,23 +271,29 @@ def load_series(paths, *, canonical=True, spacing_tolerance=SPACING_TOLERANCE):
                         os.path.dirname(slices[0]["path"]))
 
 
-def read_series_shape(paths):
+def read_series_shape(paths, *, max_bytes=None):
     """Spatial shape (3 ints) of `load_series(paths)`, from the first file's header only.
 
     The slice count is the number of files; a broken series is found when it
-    is loaded. Raises `DataError` when the first header does not read.
+    is loaded. Raises `DataError` when the first header does not read, its
+    geometry is broken or the declared volume is above the cap (as in
+    `load_series`).
     """
     import pydicom
 
     path = str(paths[0])
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], np.float64)
-        shape = (int(ds.Columns), int(ds.Rows), len(paths))
-        directions = np.stack([orientation[:3], orientation[3:],
-                               np.cross(orientation[:3], orientation[3:])], axis=1)
-    except Exception as e:  # noqa: BLE001 - pydicom raises many types for a broken file
-        raise DataError(path, f"has no readable slice geometry ({_describe(e)})") from None
+    with _quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - pydicom raises many types for a broken file
+            raise DataError(path, f"has no readable slice geometry ({_describe(e)})") from None
+        _, orientation, _ = _geometry(ds, path)
+        rows, columns = _dimensions(ds, path)
+        _check_size(path, (rows, columns), len(paths), _bits(ds, path),
+                    nifti.max_volume_bytes(max_bytes))
+    shape = (columns, rows, len(paths))
+    directions = np.stack([orientation[:3], orientation[3:],
+                           np.cross(orientation[:3], orientation[3:])], axis=1)
     affine = np.eye(4)
     affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ directions  # LPS -> RAS
     out = [0, 0, 0]
@@ -277,30 +314,56 @@ def _read_slice(path):
         raise DataError(path, "is not a DICOM file (no DICM preamble)") from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for a broken file
         raise DataError(path, f"is not a readable DICOM file ({_describe(e)})") from None
+    try:
+        return _checked_slice(ds, path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - values are decoded when read: a corrupt one raises
+        raise DataError(path, f"has a malformed header ({_describe(e)})") from None
+
+
+def _checked_slice(ds, path):
     if "PixelData" not in ds:
         kind = getattr(ds.get("SOPClassUID"), "name", None)
         raise DataError(path, f"holds no pixel data{f' (a {kind})' if kind else ''}, so it is "
                         f"not an image slice")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _integer(ds, "NumberOfFrames", path, default=1)
     if frames > 1:
         raise DataError(path, f"is a multi-frame image ({frames} frames); only series of "
                         f"single-frame files are read (convert it, e.g. with dcm2niix)")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _integer(ds, "SamplesPerPixel", path, default=1)
     if samples != 1:
         raise DataError(path, f"has {samples} samples per pixel "
                         f"({ds.get('PhotometricInterpretation', '?')}); only greyscale series "
                         f"are read")
-    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                "Rows", "Columns"):
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if photometric not in _GREYSCALE:
+        raise DataError(path, f"has PhotometricInterpretation {photometric or 'missing'}; only "
+                        f"greyscale series ({' or '.join(_GREYSCALE)}) are read")
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise DataError(path, f"has an unknown transfer syntax ({syntax}), so its pixel data "
+                        f"cannot be decoded")
+    position, orientation, pixel_spacing = _geometry(ds, path)
+    return {"path": path, "ds": ds, "uid": str(ds.get("SeriesInstanceUID", "")),
+            "shape": _dimensions(ds, path), "position": position, "orientation": orientation,
+            "pixel_spacing": pixel_spacing, "bits": _bits(ds, path),
+            "rescale": (_number(ds, "RescaleSlope", path, 1.0),
+                        _number(ds, "RescaleIntercept", path, 0.0))}
+
+
+def _geometry(ds, path):
+    """Position (3), orientation (6) and pixel spacing (2) of a slice, float64, checked."""
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if ds.get(tag) is None:
             raise DataError(path, f"has no {tag}; a slice of a 3D series needs its position, "
                             f"orientation and pixel spacing (a radiograph or a secondary "
                             f"capture is not a volume)")
     try:
-        position = np.array([float(v) for v in ds.ImagePositionPatient], np.float64)
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], np.float64)
-        pixel_spacing = np.array([float(v) for v in ds.PixelSpacing], np.float64)
-    except (TypeError, ValueError) as e:
+        position, orientation, pixel_spacing = (
+            np.array([float(v) for v in _values(ds[tag].value)], np.float64)
+            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+    except (TypeError, ValueError, OverflowError) as e:
         raise DataError(path, f"has a malformed geometry tag ({_describe(e)})") from None
     if position.shape != (3,) or orientation.shape != (6,) or pixel_spacing.shape != (2,):
         raise DataError(path, f"ImagePositionPatient, ImageOrientationPatient and PixelSpacing "
@@ -310,16 +373,87 @@ def _read_slice(path):
         raise DataError(path, f"has a non-finite geometry value. Received position "
                         f"{position.tolist()}, orientation {orientation.tolist()}, pixel spacing "
                         f"{pixel_spacing.tolist()}")
-    if min(pixel_spacing) <= 0:
-        raise DataError(path, f"PixelSpacing must be positive. Received {pixel_spacing.tolist()}")
+    low, high = nifti.VOXEL_SIZE_RANGE
+    if not (low <= min(pixel_spacing) and max(pixel_spacing) <= high):
+        raise DataError(path, f"PixelSpacing must be within [{low:g}, {high:g}] mm. Received "
+                        f"{pixel_spacing.tolist()}")
     row, col = orientation[:3], orientation[3:]
     if (abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2
             or abs(row @ col) > 1e-2):
         raise DataError(path, f"ImageOrientationPatient is not two orthogonal unit vectors. "
                         f"Received {orientation.tolist()}")
-    return {"path": path, "ds": ds, "uid": str(ds.get("SeriesInstanceUID", "")),
-            "shape": (int(ds.Rows), int(ds.Columns)), "position": position,
-            "orientation": orientation, "pixel_spacing": pixel_spacing}
+    return position, orientation, pixel_spacing
+
+
+def _dimensions(ds, path):
+    """(Rows, Columns), each a positive integer."""
+    rows, columns = (_integer(ds, tag, path) for tag in ("Rows", "Columns"))
+    if rows is None or columns is None or rows < 1 or columns < 1:
+        raise DataError(path, f"Rows and Columns must be positive integers. Received "
+                        f"{rows} x {columns}")
+    return rows, columns
+
+
+def _bits(ds, path):
+    """BitsAllocated when it is a plausible one (1 to 64), else 16 (pydicom refuses it later)."""
+    bits = _integer(ds, "BitsAllocated", path, default=16)
+    return bits if 1 <= bits <= 64 else 16
+
+
+def _values(value):
+    """A tag's value as a list (a single number is one value)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _integer(ds, tag, path, default=None):
+    """An integer tag (US, IS) as an int; `default` when missing or empty."""
+    value = ds.get(tag)
+    if value is None or value == "":
+        return default
+    try:
+        (value,) = _values(value)
+        number = float(value)
+        if number != int(number):
+            raise ValueError(f"{value!r} is not an integer")
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(path, f"has a malformed {tag} ({_describe(e)})") from None
+    return int(number)
+
+
+def _number(ds, tag, path, default):
+    """RescaleSlope/RescaleIntercept: one finite number (`default` when missing or empty)."""
+    value = ds.get(tag)
+    if value is None or value == "":
+        return default
+    try:
+        (value,) = _values(value)
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(path, f"has a malformed {tag} ({_describe(e)})") from None
+    if not np.isfinite(number) or (tag == "RescaleSlope" and number == 0):
+        raise DataError(path, f"{tag} must be a finite number{', not 0' * (tag == 'RescaleSlope')}"
+                        f". Received {value}")
+    return number
+
+
+def _check_size(path, shape, count, bits, max_bytes):
+    """Refuse a declared volume above the cap before anything is allocated or decoded."""
+    voxels = shape[0] * shape[1] * count
+    size = voxels * max(4, -(-bits // 8))  # the float32 array, or the stored values if wider
+    if size > max_bytes:
+        raise DataError(path, f"the series declares {count} slices of {shape[0]} x {shape[1]} "
+                        f"pixels ({_bytes(size)} in memory), above the per-volume cap of "
+                        f"{_bytes(max_bytes)} (raise it with max_bytes= or "
+                        f"{nifti.MAX_BYTES_ENV})")
+
+
+def _bytes(size):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 def _check_positions(slices, normal, tolerance):
@@ -340,6 +474,11 @@ def _check_positions(slices, normal, tolerance):
                         f"{gaps[worst]:.4g} mm from {slices[worst]['path']}, median gap "
                         f"{median:.4g} mm over {len(slices)} slices (a missing slice?)")
     mean_step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    low, high = nifti.VOXEL_SIZE_RANGE
+    if not low <= np.linalg.norm(mean_step) <= high:
+        raise DataError(slices[-1]["path"], f"the step between slices, "
+                        f"{np.linalg.norm(mean_step):.4g} mm (from {slices[0]['path']}), is not "
+                        f"within [{low:g}, {high:g}] mm")
     drift = np.linalg.norm(steps - mean_step, axis=1)
     worst = int(np.argmax(drift))
     if drift[worst] > tolerance * median:
@@ -357,7 +496,8 @@ def _pixels(s):
     try:
         pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as e:  # noqa: BLE001 - decoders raise many types
-        if syntax is not None and syntax.is_compressed and syntax != _RLE_LOSSLESS:
+        if (syntax is not None and syntax.is_compressed and syntax != _RLE_LOSSLESS
+                and "missing dependencies" in str(e)):
             raise DataError(path, f"is compressed with '{syntax.name}', which pydicom cannot "
                             f"decode with the packages installed (install pylibjpeg or gdcm, "
                             f"or decompress the series, e.g. gdcmconv --raw)") from None
@@ -366,9 +506,40 @@ def _pixels(s):
     if pixels.shape != s["shape"]:
         raise DataError(path, f"pixel data has shape {pixels.shape}, the header says "
                         f"{s['shape']}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels * slope + intercept
+    slope, intercept = s["rescale"]
+    values = pixels * slope + intercept
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    # Past float32's range the values are Inf; far enough from 0 that float32's step exceeds
+    # the slope, neighbouring stored values collapse into one (an intercept of 1e38 leaves a
+    # flat image): both are a corrupt rescale, not a scan.
+    if largest > np.finfo(np.float32).max or np.spacing(np.float32(largest)) > abs(slope):
+        raise DataError(path, f"rescaled values do not fit float32 (RescaleSlope {slope:g}, "
+                        f"RescaleIntercept {intercept:g}, largest {largest:.3g})")
+    return values
+
+
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """Keep pydicom's warnings and log lines (the values it repairs or guesses) off the terminal.
+
+    A broken file then gives one `DataError` line and nothing else, as a NIfTI file does.
+    """
+    logger = logging.getLogger("pydicom")  # its modules log to children of it
+    saved = (list(logger.handlers), logger.propagate)
+    silent = logging.NullHandler()
+    for old in saved[0]:
+        logger.removeHandler(old)
+    logger.addHandler(silent)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.removeHandler(silent)
+        for old in saved[0]:
+            logger.addHandler(old)
+        logger.propagate = saved[1]
 
 
 def _series_name(ds):
