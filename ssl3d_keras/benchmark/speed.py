@@ -12,7 +12,11 @@ One run measures, on whatever machine it is on:
   ceiling); pipeline-only examples/s from prepared shards; the end-to-end rate
   through `training.pretrain`; the peak resident memory of each;
 - scaling: one epoch of pretraining over 10, 100 and 1000 phantoms streamed from
-  shards (time should grow linearly, memory stay flat).
+  shards (time should grow linearly, memory stay flat);
+- precision: float32 against mixed bfloat16 per task and encoder, timed in turns
+  in one process (`benchmark.precision`);
+- memory: the peak resident memory of training steps per task, input size,
+  batch and `encoder.remat` setting (`benchmark.memory`), what fits before a run.
 
 Every measurement but the interleaved comparison runs in a fresh Python process
 (`python -m ssl3d_keras.benchmark.speed KIND JSON`), so its peak resident memory
@@ -41,15 +45,18 @@ import time
 
 import numpy as np
 
+from ssl3d_keras.benchmark.memory import training_memory
+from ssl3d_keras.benchmark.precision import compare_precisions
+
 TASKS = ("rotation", "jigsaw", "rpl", "cpc", "exemplar")
 
 # The authors' batch sizes (HealthML/self-supervised-3d-tasks configs/train/*_3d.json).
 PAPER_BATCH = {"rotation": 4, "jigsaw": 8, "rpl": 32, "cpc": 1, "exemplar": 2}
 
 # Smallest input edge at which the paper encoder (4 levels and a final pool, so
-# 32 voxels per cell) runs each task: jigsaw and RPL cut a 3x3x3 grid, CPC a
-# 7x7x7 grid of half-overlapping cells.
-PAPER_MIN_SIZE = {"rotation": 32, "exemplar": 32, "jigsaw": 96, "rpl": 96, "cpc": 128}
+# 32 voxels per cell) runs each task: jigsaw and RPL cut a 3x3x3 grid whose patches
+# are a cell less the jitter of 3 (105 // 3 - 3 = 32), CPC a 4x4x4 grid of 32^3 cells.
+PAPER_MIN_SIZE = {"rotation": 32, "exemplar": 32, "jigsaw": 105, "rpl": 105, "cpc": 128}
 
 # A training step costs about three forward passes (the backward pass computes
 # gradients for activations and for weights, each about as costly as the forward).
@@ -346,6 +353,8 @@ ROWS = {
     "pipeline": pipeline_only,
     "end_to_end": end_to_end,
     "scaling": scaling,
+    "precision": compare_precisions,
+    "memory": training_memory,
 }
 
 

@@ -47,8 +47,8 @@ def build_training_step(*, task="rotation", size=32, batch_size=2, precision="fl
     """
     from ssl3d_keras import tasks
 
-    precision = resolve_precision(precision)
     encoder = dict(BENCHMARK_ENCODER if encoder is None else encoder)
+    precision = resolve_precision(precision, encoder=encoder)
     random.seed(0)  # initial weights, without touching TensorFlow's global seed
     with dtype_policy(precision):
         model = tasks.get(task, input_shape=(size,) * dim + (channels,), encoder=encoder,
@@ -83,8 +83,8 @@ def measure_training(*, task="rotation", size=32, batch_size=2, steps=10, precis
         time), `mean_step_sec`, `min_step_sec`, `first_step_sec` (tracing and
         compilation), the parameter count and the settings.
     """
-    precision = resolve_precision(precision)
     encoder = dict(BENCHMARK_ENCODER if encoder is None else encoder)
+    precision = resolve_precision(precision, encoder=encoder)
     model, step, batch = build_training_step(
         task=task, size=size, batch_size=batch_size, precision=precision,
         jit_compile=jit_compile, encoder=encoder, task_config=task_config, dim=dim,

@@ -65,8 +65,10 @@ EXIT_INTERRUPTED = 130
                    "--set data.service=HOST:PORT.")
 @click.option("--precision",
               type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
-              help="Compute precision: auto (mixed_float16 on GPU, float32 on CPU), float32, "
-                   "mixed_float16 (GPU only; with loss scaling), mixed_bfloat16. Default: auto.")
+              help="Compute precision: auto (mixed_float16 on GPU; on a CPU with native bfloat16, "
+                   "mixed_bfloat16 for U-Net encoders of base_filters >= 16, else float32; "
+                   "docs/PERFORMANCE.md), float32, mixed_float16 (GPU only; with loss "
+                   "scaling), mixed_bfloat16. Default: auto.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Set any config key, e.g. --set encoder.depth=3 --set "
                    "optimizer.learning_rate=1e-3 --set task_config.grid=2. Repeatable.")

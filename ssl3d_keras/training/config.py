@@ -256,7 +256,9 @@ class PretrainConfig:
             x `crops_per_volume`, divided by `batch_size`, rounded up).
         batch_size: global batch size (split evenly across replicas).
         seed: seed of weight initialisation, dropout and the data order.
-        precision: "auto" (mixed_float16 on GPU, float32 on CPU), "float32",
+        precision: "auto" (`training.strategy.resolve_precision`: mixed_float16
+            on GPU; on a CPU with native bfloat16, mixed_bfloat16 for U-Net
+            encoders of base_filters >= 16, else float32), "float32",
             "mixed_float16" (with dynamic loss scaling) or "mixed_bfloat16".
         strategy: "auto" (MultiWorkerMirrored when TF_CONFIG is set, Mirrored on
             several GPUs, else the default strategy), "default", "mirrored"

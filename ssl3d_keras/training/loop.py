@@ -490,7 +490,7 @@ def _pretrain_locked(config, paths, *, resume, verbose, probe):
                               f"folder. Received: out={str(out_dir)!r}")
         with _writing(out_dir, paths):
             config = run_lib.resolve_config(config, out_dir, verbose=verbose)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, encoder=config.encoder)
     jit_compile = resolve_jit_compile(config.jit_compile)
     strategy = make_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync

@@ -107,19 +107,68 @@ def resolve_jit_compile(value="auto"):
     return bool(value)
 
 
-def resolve_precision(value="auto"):
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic.
+NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# The narrowest U-Net (filters of level 0) that mixed_bfloat16 trains faster than float32
+# on a CPU with native bfloat16 (docs/PERFORMANCE.md, "Precision and memory").
+BFLOAT16_MIN_BASE_FILTERS = 16
+
+
+def cpu_flags():
+    """The CPU's feature flags (`/proc/cpuinfo`, first processor); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(value="auto", *, encoder=None):
     """The Keras dtype policy name for the config value.
 
-    "auto" is "mixed_float16" on GPU and "float32" on CPU. On a CPU with
-    native bfloat16 (AVX512-BF16/AMX) `mixed_bfloat16` measured 1.23x faster
-    for the paper encoder at 4 x 64^3 but 0.91x for the reduced encoder at
-    4 x 32^3 (README, "Speed on this machine"), so it stays opt-in: CPUs
-    without native bfloat16 emulate it (slower than float32), and float32
-    keeps the numerics of a config the same on every machine.
+    "auto" follows what was measured (docs/PERFORMANCE.md, "Precision and
+    memory"): on a GPU, "mixed_float16" (with loss scaling). On a CPU with
+    native bfloat16 arithmetic (flags `avx512_bf16` or `amx_bf16`),
+    "mixed_bfloat16" for U-Net encoders of at least
+    `BFLOAT16_MIN_BASE_FILTERS` = 16 filters at level 0 (the paper's), which
+    trained 1.2-1.5x faster than float32 on every task on a 2-core
+    AVX512-BF16 CPU; "float32" for narrower ones (the reduced base-8 encoder:
+    0.8-1.0x, the conversions outweigh the narrow convolutions), for other
+    architectures (not measured) and when the encoder is not given. A CPU
+    without native bfloat16 emulates it, slower than float32: "float32".
     (mixed_float16 has no CPU kernels for 3D pooling: GPU only.)
+
+    Args:
+        value: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
+        encoder: the run's encoder table (`PretrainConfig.encoder`), which
+            "auto" reads `architecture` and `base_filters` from; None when
+            unknown.
+
+    Returns:
+        str, the policy name.
+
+    Raises:
+        ConfigError: an unknown value (key `precision`).
     """
     if value == "auto":
-        return "mixed_float16" if gpu_count() else "float32"
+        if gpu_count():
+            return "mixed_float16"
+        if not NATIVE_BFLOAT16_FLAGS & cpu_flags() or encoder is None:
+            return "float32"
+        import inspect
+
+        from ssl3d_keras.models.factory import DEFAULT_ARCHITECTURE
+        from ssl3d_keras.models.unet import UNetEncoder
+
+        if encoder.get("architecture", DEFAULT_ARCHITECTURE) != "unet":
+            return "float32"
+        default = inspect.signature(UNetEncoder).parameters["base_filters"].default
+        base_filters = encoder.get("base_filters", default)
+        wide = isinstance(base_filters, int) and base_filters >= BFLOAT16_MIN_BASE_FILTERS
+        return "mixed_bfloat16" if wide else "float32"
     if value not in ("float32", "mixed_float16", "mixed_bfloat16"):
         raise ConfigError("precision", "must be one of auto, float32, mixed_float16, "
                           f"mixed_bfloat16. Received: {value!r}")
