@@ -64,7 +64,18 @@ TRAINING_FLOPS_PER_FORWARD = 3
 
 
 def peak_rss_mb():
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's `VmHWM` belongs to this program alone; `ru_maxrss` (the fallback
+    elsewhere) survives `exec` and so also counts the parent it was forked from.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -314,7 +325,7 @@ def _pretrain_run(folder, *, task, size, batch_size, precision, encoder, steps=N
     return summary, wall, rates
 
 
-def end_to_end(*, task, size, batch_size, precision="float32", steps=5, windows=4, encoder=None,
+def end_to_end(*, task, size, batch_size, precision="float32", steps=5, windows=3, encoder=None,
                volumes=8):
     """Examples/s of `training.pretrain` on prepared phantom shards.
 
@@ -345,6 +356,64 @@ def scaling(*, volumes, size=32, batch_size=8, encoder=None):
             "sec_per_volume": wall / volumes}
 
 
+
+
+_WORKER_SCRIPT = """
+import json, sys
+from ssl3d_keras.training import pretrain
+pretrain(json.loads(sys.argv[2]), sys.argv[1], verbose=False)
+"""
+
+
+def loopback_workers(*, workers=2, size=32, batch_size=8, steps=12, encoder=None):
+    """Global examples/s of `workers` MultiWorkerMirroredStrategy processes on 127.0.0.1.
+
+    On one machine the workers share its cores, so this cannot scale: set
+    beside `workers=1` (the default strategy, one process) it shows what the
+    collective communication costs. Each worker reads phantoms; the global
+    batch is `batch_size`. The rate is the chief's, median of its logged
+    windows after the first (tracing).
+    """
+    import socket
+
+    from ssl3d_keras.training.config import QUICK_ENCODER
+
+    config = {"task": "rotation", "steps": steps, "batch_size": batch_size,
+              "log_every": max(1, steps // 4), "checkpoint_every": 1_000_000,
+              "encoder": dict(QUICK_ENCODER) if encoder is None else encoder,
+              "data": {"input_size": size, "phantoms": {"n": 8, "size": size + 16}},
+              "strategy": "multiworker" if workers > 1 else "default"}
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    for s in sockets:
+        s.close()
+    with tempfile.TemporaryDirectory(prefix="ssl3d-speed-") as tmp:
+        started = time.perf_counter()
+        processes = []
+        for index in range(workers):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env.pop("TF_CONFIG", None)
+            if workers > 1:
+                env["TF_CONFIG"] = json.dumps({"cluster": cluster,
+                                               "task": {"type": "worker", "index": index}})
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", _WORKER_SCRIPT, os.path.join(tmp, "run"),
+                 json.dumps(config)], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True))
+        for process in processes:
+            _, stderr = process.communicate(timeout=3600)
+            if process.returncode != 0:
+                raise RuntimeError((stderr.strip().splitlines() or ["worker failed"])[-1])
+        wall = time.perf_counter() - started
+        with open(os.path.join(tmp, "run", "metrics.csv"), newline="") as f:
+            rates = [float(row["examples_per_sec"]) for row in csv.DictReader(f)]
+    rate = statistics.median(rates[1:] or rates)
+    return {"workers": workers, "size": size, "batch_size": batch_size, "steps": steps,
+            "examples_per_sec": rate, "wall_sec": wall}
+
+
 ROWS = {
     "ceiling": matmul_ceiling,
     "reference_memory": reference_memory,
@@ -355,6 +424,7 @@ ROWS = {
     "scaling": scaling,
     "precision": compare_precisions,
     "memory": training_memory,
+    "workers": loopback_workers,
 }
 
 
