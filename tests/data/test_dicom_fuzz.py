@@ -22,7 +22,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.uid import generate_uid
 
 from ssl3d_keras.data import dicom, nifti
 from ssl3d_keras.data.prepare import prepare_dataset
@@ -99,8 +98,12 @@ def write_bases(root):
     bases = {"ct5n": root / "ct5n", "synth": root / "synth"}
     shutil.copytree(DICOMDIR_TESTS / "98892001" / "CT5N", bases["ct5n"])
     stored = np.random.default_rng(7).integers(-200, 1500, size=(6, 5, 8)).astype(np.int16)
-    write_series(bases["synth"], stored, directions=oblique_directions(), pixel_spacing=(0.9, 0.7),
-                 step=1.5)
+    for k, path in enumerate(write_series(bases["synth"], stored, directions=oblique_directions(),
+                                          pixel_spacing=(0.9, 0.7), step=1.5)):
+        def fixed_uid(ds, k=k):  # the writer draws random UIDs: same bytes on every run
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.99.{k}"
+
+        _quiet_rewrite(path, fixed_uid)
     for name, filename, count in SINGLE_FILE_BASES:
         ds = pydicom.dcmread(PYDICOM_FILES / filename)
         origin = np.array([float(v) for v in ds.ImagePositionPatient])
@@ -264,8 +267,8 @@ def _series_edits(files, target, seed):
     rng = np.random.default_rng(seed)
 
     def foreign_uid(case):
-        _quiet_rewrite(case / target, lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid(
-            prefix=None, entropy_srcs=[str(case)])))
+        _quiet_rewrite(case / target, lambda ds: setattr(ds, "SeriesInstanceUID",
+                                                         "1.2.826.0.1.3680043.99"))
 
     def duplicate(case):
         shutil.copy(case / target, case / "zz_duplicate.dcm")
@@ -490,6 +493,83 @@ def test_volume_cap_is_the_nifti_one(bases, monkeypatch):
     for reader in (dicom.load_series, dicom.read_series_shape):
         with pytest.raises(DataError, match=nifti.MAX_BYTES_ENV):
             reader(files)
+
+
+@pytest.mark.slow
+def test_every_mutation_of_every_base(tmp_path):
+    """The default test's cases plus the tag edits on the other four bases (875 folders)."""
+    results = run_folders(write_cases(tmp_path))
+    _check(results)
+    assert len(results) == 875 and outcome_table(results)["base"] == {"loaded": 7}
+
+
+# Tags the hypothesis fuzzer sets to random values (or deletes).
+FUZZED_TAGS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+               "SamplesPerPixel", "PlanarConfiguration", "NumberOfFrames",
+               "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "PixelSpacing",
+               "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
+               "SeriesInstanceUID", "InstanceNumber")
+
+
+@pytest.mark.slow
+def test_hypothesis_tag_and_byte_fuzzer(tmp_path_factory):
+    """Random tags at random values in one or every file, plus random bytes, for a long run."""
+    from hypothesis import HealthCheck, given, settings  # the `test` extra
+    from hypothesis import strategies as st
+
+    from tests.data.dicom_fuzz_worker import classify
+
+    bases = write_bases(tmp_path_factory.mktemp("bases"))
+    folder = tmp_path_factory.mktemp("hypothesis")
+    numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                        st.integers(-(2**40), 2**40), st.sampled_from([0, -1, 1, 65535, 2**31]))
+    texts = st.one_of(
+        st.lists(numbers, min_size=1, max_size=7).map(lambda v: "\\".join(f"{x:g}" if isinstance(
+            x, float) else str(x) for x in v)),
+        st.sampled_from(["", "MONOCHROME1", "RGB", "YBR_FULL", "abc", "1.2.3", "\\"]))
+    edits = st.lists(st.tuples(st.sampled_from(FUZZED_TAGS),
+                               st.one_of(st.none(), st.integers(-32768, 65535), texts)),
+                     min_size=1, max_size=4)
+
+    @settings(max_examples=int(os.environ.get("DICOM_FUZZ_EXAMPLES", "1000")), deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(base=st.sampled_from(sorted(bases)), edits=edits, every_file=st.booleans(),
+           flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 255)), max_size=3))
+    def fuzz(base, edits, every_file, flips):
+        case = folder / "case"
+        shutil.rmtree(case, ignore_errors=True)
+        shutil.copytree(bases[base], case)
+        files = sorted(case.iterdir())
+        target = files[len(files) // 2]
+
+        def change(ds):
+            for keyword, value in edits:
+                tag = pydicom.datadict.tag_for_keyword(keyword)
+                vr = pydicom.datadict.dictionary_VR(tag)
+                if value is None:
+                    ds.pop(tag, None)
+                elif vr in ("US", "SS"):
+                    number = value if isinstance(value, int) else len(value)
+                    ds[tag] = DataElement(tag, "US" if number >= 0 else "SS", number)
+                else:
+                    raw = str(value).encode()[:64]
+                    raw += b" " * (len(raw) % 2)
+                    implicit, little = ds.original_encoding
+                    ds[tag] = RawDataElement(tag, None if implicit else vr, len(raw), raw, 0,
+                                             implicit, little)
+
+        for path in files if every_file else [target]:
+            _quiet_rewrite(path, change)
+        data = bytearray(target.read_bytes())
+        for at, byte in flips:
+            data[at % len(data)] = byte
+        target.write_bytes(bytes(data))
+        result = classify(case)
+        bad = {k: result[k] for k in READERS if result[k] in FAILURES}
+        assert not bad, (bad, result["detail"])
+        assert result["seconds"] < MAX_SECONDS
+
+    fuzz()
 
 
 def outcome_table(results):
