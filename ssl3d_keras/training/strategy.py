@@ -133,10 +133,12 @@ def resolve_precision(value="auto", *, encoder=None):
     memory"): on a GPU, "mixed_float16" (with loss scaling). On a CPU with
     native bfloat16 arithmetic (flags `avx512_bf16` or `amx_bf16`),
     "mixed_bfloat16" for U-Net encoders of at least
-    `BFLOAT16_MIN_BASE_FILTERS` = 16 filters at level 0 (the paper's), which
-    trained 1.2-1.5x faster than float32 on every task on a 2-core
-    AVX512-BF16 CPU; "float32" for narrower ones (the reduced base-8 encoder:
-    0.8-1.0x, the conversions outweigh the narrow convolutions), for other
+    `BFLOAT16_MIN_BASE_FILTERS` = 16 filters at level 0 (the paper's width),
+    which trained every task 1.01-1.35x faster than float32 on a 2-core
+    AVX512-BF16 CPU (rotation 1.19x at 32^3 and 1.27x at 64^3, exemplar
+    1.24x, jigsaw 1.23x, CPC 1.35x, RPL 1.01x), never slower. "float32" for
+    narrower encoders (base 8: 0.96-1.43x, slower or level for the smallest
+    steps, so the quick run keeps its float32 numerics), for other
     architectures (not measured) and when the encoder is not given. A CPU
     without native bfloat16 emulates it, slower than float32: "float32".
     (mixed_float16 has no CPU kernels for 3D pooling: GPU only.)
