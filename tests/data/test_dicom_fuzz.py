@@ -392,7 +392,7 @@ def test_prepare_skips_each_bad_series_and_carries_on(fuzz_cases, tmp_path):
             if path.is_file():
                 target = raw / folder.name / path.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(path.read_bytes().replace(SYNTH_UID, f"1.9.{n:03d}\0".encode()))
+                target.write_bytes(path.read_bytes().replace(SYNTH_UID, f"1.9.{100 + n}\0".encode()))
     expected = dicom.find_series(raw)
     manifest = prepare_dataset(raw, tmp_path / "out", layout="dicom", on_error="skip",
                                progress=False)
