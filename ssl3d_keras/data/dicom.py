@@ -285,12 +285,14 @@ def read_series_shape(paths, *, max_bytes=None):
     with _quiet_pydicom():
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # noqa: BLE001 - pydicom raises many types for a broken file
+            _, orientation, _ = _geometry(ds, path)
+            rows, columns = _dimensions(ds, path)
+            bits = _bits(ds, path)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pydicom raises many types, also when decoding
             raise DataError(path, f"has no readable slice geometry ({_describe(e)})") from None
-        _, orientation, _ = _geometry(ds, path)
-        rows, columns = _dimensions(ds, path)
-        _check_size(path, (rows, columns), len(paths), _bits(ds, path),
-                    nifti.max_volume_bytes(max_bytes))
+        _check_size(path, (rows, columns), len(paths), bits, nifti.max_volume_bytes(max_bytes))
     shape = (columns, rows, len(paths))
     directions = np.stack([orientation[:3], orientation[3:],
                            np.cross(orientation[:3], orientation[3:])], axis=1)

@@ -471,6 +471,19 @@ def test_read_series_shape_checks_the_header_as_load_series(bases, tmp_path, nam
             reader(files)
 
 
+def test_an_unknown_vr_in_a_geometry_tag_is_one_data_error(bases, tmp_path):
+    """A flipped VR byte (DS -> DW) surfaces when the value is decoded, after the file reads."""
+    case = tmp_path / "vr"
+    shutil.copytree(bases["synth"], case)
+    for path in sorted(case.iterdir()):  # (0020,0037) ImageOrientationPatient, explicit VR LE
+        path.write_bytes(path.read_bytes().replace(b"\x20\x00\x37\x00DS", b"\x20\x00\x37\x00DW"))
+    files = sorted(str(p) for p in case.iterdir())
+    with pytest.raises(DataError, match="no readable slice geometry .*Unknown Value Repr"):
+        dicom.read_series_shape(files)  # was NotImplementedError
+    with pytest.raises(DataError, match="malformed header .*Unknown Value Repr"):
+        dicom.load_series(files)
+
+
 def test_repaired_values_load_quietly_and_equal_the_base(bases, tmp_path, caplog):
     reference = dicom.load_series(sorted(bases["mr_rle"].iterdir()))
     for name in ("tag__frames_0", "pixels__long_2", "tag__slope_empty"):
