@@ -35,7 +35,7 @@ from ssl3d_keras.data.preprocess import PreprocessConfig
 from ssl3d_keras.data.preprocess import preprocess as preprocess_case
 from ssl3d_keras.errors import ConfigError, DataError
 
-__all__ = ["prepare_dataset", "summary_line"]
+__all__ = ["prepare_dataset", "prepare_owned", "summary_line"]
 
 SHARD_PREFIX = "shard"
 # Per-case padding warnings shown before the rest are only counted (2D slices are thousands).
@@ -153,6 +153,33 @@ def prepare_dataset(src, out_dir, *, preprocess=None, layout="auto", on_error="f
     return manifest
 
 
+def prepare_owned(src, out_dir, **kwargs):
+    """Prepare into a folder that belongs to one run (its `OUT/prepared`).
+
+    A finished preparation there (its manifest) is reused. Files without a
+    manifest can only be the leftovers of that run's own prepare, killed: they
+    are replaced (with a warning), so rerunning the interrupted command goes on
+    by itself instead of asking the user to clean up.
+
+    Args:
+        src: the raw dataset.
+        out_dir: the run's prepared folder.
+        **kwargs: for `prepare_dataset` (`overwrite` is decided here).
+
+    Returns:
+        The `Manifest` of `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if Manifest.exists(out_dir):
+        logger.info("Using the dataset already prepared in %s", out_dir)
+        return Manifest.read(out_dir)
+    interrupted = out_dir.is_dir() and any(out_dir.iterdir())
+    if interrupted:
+        logger.warning("%s holds the leftovers of an interrupted prepare; preparing again",
+                       out_dir)
+    return prepare_dataset(src, out_dir, overwrite=interrupted, **kwargs)
+
+
 def summary_line(manifest, out_dir):
     """One line saying what `prepare_dataset` made."""
     n_skipped = len(manifest["skipped"])
@@ -256,7 +283,7 @@ def _clear_out_dir(out_dir, overwrite, shard_io):
     if manifest_path.exists() and not overwrite:
         raise DataError(out_dir, "already holds a prepared dataset (manifest.json); pass "
                         "--overwrite (overwrite=True) to replace it, or choose another folder")
-    if leftovers and not overwrite:
+    if (leftovers or list(out_dir.glob(f".{MANIFEST_NAME}.*.tmp*"))) and not overwrite:
         raise DataError(out_dir, f"holds {len(leftovers)} shard files but no manifest.json "
                         f"(an interrupted prepare?); pass --overwrite (overwrite=True) to "
                         f"replace them, or choose another folder")
@@ -267,7 +294,9 @@ def _clear_out_dir(out_dir, overwrite, shard_io):
         except (DataError, KeyError, TypeError):
             listed = []
         manifest_path.unlink()  # first, so an interrupted overwrite leaves no stale manifest
-    for name in {*listed, *(p.name for p in leftovers)}:
+    # A kill while the manifest was written leaves atomic_path's temporary file.
+    temporary = [p.name for p in out_dir.glob(f".{MANIFEST_NAME}.*.tmp*")]
+    for name in {*listed, *(p.name for p in leftovers), *temporary}:
         target = out_dir / Path(name).name
         if target.is_file():
             target.unlink()

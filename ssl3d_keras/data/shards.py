@@ -51,7 +51,10 @@ def serialize_example(case_id, image, label=None):
         "label_shape": _int64_feature(label_shape),
         "case_id": _bytes_feature(str(case_id).encode()),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # deterministic: the features map's order would otherwise change from one
+    # process to the next, and with it the shard bytes and their sha256.
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 _FEATURES = {

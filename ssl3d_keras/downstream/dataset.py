@@ -51,13 +51,11 @@ class LabelledDataset:
 
 def _prepare(source, target, data, progress):
     from ssl3d_keras.config import from_dict
-    from ssl3d_keras.data.prepare import prepare_dataset
+    from ssl3d_keras.data.prepare import prepare_owned
     from ssl3d_keras.data.preprocess import PreprocessConfig
 
-    if (target / "manifest.json").is_file():
-        return target
     preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
-    prepare_dataset(source, target, preprocess=preprocess, layout=data.layout, progress=progress)
+    prepare_owned(source, target, preprocess=preprocess, layout=data.layout, progress=progress)
     return target
 
 

@@ -65,24 +65,16 @@ def resolve_config(config, out_dir, *, verbose=True):
         if Manifest.exists(source):
             data.prepared = str(source.resolve())
         else:
-            target = RunDir(Path(out_dir).resolve()).prepared
-            if Manifest.exists(target):
-                logger.info("Using the dataset already prepared in %s", target)
-            else:
-                from ssl3d_keras.data.prepare import prepare_dataset
-                from ssl3d_keras.data.preprocess import PreprocessConfig
+            from ssl3d_keras.data.prepare import prepare_owned
+            from ssl3d_keras.data.preprocess import PreprocessConfig
 
+            target = RunDir(Path(out_dir).resolve()).prepared
+            if not Manifest.exists(target):
                 logger.info("%s is a raw dataset: preparing it into %s first", source, target)
-                preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
-                # The run owns OUT/prepared: files there without a manifest are the
-                # leftovers of its own prepare, interrupted; prepare them again.
-                interrupted = target.is_dir() and any(target.iterdir())
-                if interrupted:
-                    logger.warning("%s holds the leftovers of an interrupted prepare; "
-                                   "preparing again", target)
-                prepare_dataset(source, target, preprocess=preprocess, layout=data.layout,
-                                progress=verbose, overwrite=interrupted, holdout=data.holdout,
-                                **({"unlabelled": True} if data.include_unlabelled else {}))
+            preprocess = from_dict(PreprocessConfig, data.preprocess, "data.preprocess")
+            prepare_owned(source, target, preprocess=preprocess, layout=data.layout,
+                          progress=verbose, holdout=data.holdout,
+                          **({"unlabelled": True} if data.include_unlabelled else {}))
             data.prepared = str(target)
         from ssl3d_keras.data.holdout import check_selection
 

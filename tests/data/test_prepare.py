@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from ssl3d_keras.data import prepare as prepare_module
 from ssl3d_keras.data.layouts import discover
-from ssl3d_keras.data.prepare import prepare_dataset, summary_line
+from ssl3d_keras.data.prepare import prepare_dataset, prepare_owned, summary_line
 from ssl3d_keras.data.preprocess import PreprocessConfig, preprocess
 from ssl3d_keras.data.shards import parse_example, read_manifest
 from ssl3d_keras.errors import DataError
@@ -115,6 +115,33 @@ def test_interrupted_prepare_leaves_no_manifest_or_shard(tmp_path, rng, monkeypa
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(src, out, examples_per_shard=1, progress=False)
     assert list(out.iterdir()) == []
+
+
+def test_a_run_owned_folder_is_reused_or_prepared_again_after_a_kill(tmp_path, rng, caplog):
+    src = write_decathlon(tmp_path / "src", 3, rng, size=8, channels=1)
+    out = tmp_path / "prepared"
+    first = prepare_owned(src, out, examples_per_shard=1, progress=False)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert prepare_owned(src, out, progress=False) == first  # finished: reused as it is
+    assert (out / "manifest.json").stat().st_mtime_ns == stamp
+    # As a kill while the manifest was written leaves it: shards and the writer's temporary file.
+    (out / "manifest.json").rename(out / ".manifest.json.abcd1234.tmp.json")
+    with caplog.at_level("WARNING", logger="ssl3d_keras"):
+        again = prepare_owned(src, out, examples_per_shard=1, progress=False)
+    assert "leftovers of an interrupted prepare" in caplog.text
+    assert again["cases"] == first["cases"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", *_shard_files(out)]
+
+
+def test_overwrite_also_removes_a_killed_writers_temporary_manifest(tmp_path, rng):
+    src = write_decathlon(tmp_path / "src", 2, rng, size=8, channels=1)
+    out = tmp_path / "out"
+    prepare_dataset(src, out, progress=False)
+    (out / "manifest.json").rename(out / ".manifest.json.abcd1234.tmp.json")
+    with pytest.raises(DataError, match="no manifest.json"):
+        prepare_dataset(src, out, progress=False)
+    prepare_dataset(src, out, overwrite=True, progress=False)
+    assert not list(out.glob(".manifest.json.*"))
 
 
 def test_slices_and_progress_bar(tmp_path, rng, capsys):

@@ -67,14 +67,9 @@ def kill_and_resume(tmp_path, reference, **kill):
 # Moments by what the run is writing (globs under the run folder) or by hook (killshim.py).
 MOMENTS = [
     ("phantoms-being-written", {"watch": "run/phantoms/imagesTr/phantom_002*"}),
-    pytest.param("prepare-shard", {"kill_at": "tfrecord:3"}, marks=pytest.mark.xfail(
-        strict=True, reason=(
-            "killed in its own prepare, `ssl3d finetune --resume` says 'nothing to resume: no "
-            "config.json' and the same command again stops on 'OUT/prepared: holds 1 shard "
-            "files but no manifest.json (an interrupted prepare?); pass --overwrite', an option "
-            "ssl3d finetune does not have: the run cannot go on without deleting OUT/prepared "
-            "by hand (ssl3d pretrain prepares again over such leftovers)")),
-        id="prepare-shard"),
+    # Killed in its own prepare: the same command again prepares OUT/prepared anew
+    # (data.prepare.prepare_owned), as ssl3d pretrain does.
+    ("prepare-shard", {"kill_at": "tfrecord:3"}),
     ("config-written", {"watch": "run/config.json"}),
     ("checkpoint-data", {"watch": "run/checkpoints/ckpt-4_temp*"}),
     ("checkpoint-files-index-not", {"kill_at": "record:3"}),

@@ -100,10 +100,6 @@ def test_sigkill_while_a_shard_is_written(tmp_path, raw_phantoms, prepare_refere
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=(
-    "data.shards.serialize_example uses Example.SerializeToString() without "
-    "deterministic=True: the order of the features map changes from one process to the next, "
-    "so the same cases give other shard bytes and other sha256 in manifest.json"))
 def test_a_rerun_writes_the_same_shard_bytes(tmp_path, raw_phantoms, prepare_reference):
     out = tmp_path / "prepared"
     assert prepare(raw_phantoms, out, tmp_path / "trace").returncode == 0
@@ -137,10 +133,6 @@ def test_sigkill_at_a_chosen_moment(tmp_path, raw_phantoms, prepare_reference, m
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, reason=(
-    "a prepare killed while its manifest was written leaves '.manifest.json.XXXX.tmp.json' "
-    "(atomic.atomic_path's temporary file) in OUT, and `--overwrite` removes only the "
-    "manifest and shard files, so the litter stays for good (harmless: nothing reads it)"))
 def test_overwrite_removes_what_a_killed_prepare_left(tmp_path, raw_phantoms):
     out = tmp_path / "prepared"
     killed = prepare(raw_phantoms, out, tmp_path / "trace", kill_at="replace:4")
