@@ -50,7 +50,9 @@ def training_memory(*, task="rotation", size=128, batch_size=1, remat=False,
     """Peak memory of training steps of a task at one input size, batch and remat setting.
 
     Run it alone in a process (`run_isolated("memory", ...)`): the process
-    peak is then what a run of these settings needs.
+    peak is then what a run of these settings needs. The kernel's peak count
+    restarts once the model is built, so that peak is the larger of
+    `build_peak_rss_mb` and the `peak_rss_mb` that `run_isolated` adds.
 
     Args:
         task, size, batch_size: the task, input edge (`size`^3) and batch.
