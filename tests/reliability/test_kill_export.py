@@ -109,8 +109,10 @@ def test_sigkill_at_a_chosen_moment(tmp_path, pretrain_reference, exports, momen
     rerun(out, pretrain_reference, exports)
 
 
+# From the process start (most of it TensorFlow's import), or from the SavedModel's write on.
 _RNG = random.Random(13)
-RANDOM_KILLS = sorted(_RNG.uniform(1.0, 10.0) for _ in range(5))
+RANDOM_KILLS = sorted(_RNG.uniform(1.0, 10.0) for _ in range(3))
+RANDOM_DELAYS = sorted(round(_RNG.uniform(0, 0.5), 3) for _ in range(4))
 
 
 @pytest.mark.slow
@@ -118,6 +120,18 @@ RANDOM_KILLS = sorted(_RNG.uniform(1.0, 10.0) for _ in range(5))
 @pytest.mark.parametrize("seconds", RANDOM_KILLS, ids=[f"{s:.1f}s" for s in RANDOM_KILLS])
 def test_sigkill_at_a_random_moment(tmp_path, pretrain_reference, exports, seconds):
     out, killed = kill_reexport(tmp_path, pretrain_reference, exports, kill_after=seconds)
+    assert killed.returncode == 0 or killed.killed, killed.describe()
+    assert judge(out, exports) in (("ckpt-12",) if killed.returncode == 0
+                                   else ("ckpt-4", "ckpt-12"))
+    rerun(out, pretrain_reference, exports)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("delay", RANDOM_DELAYS, ids=[f"{d}s" for d in RANDOM_DELAYS])
+def test_sigkill_at_a_random_moment_of_writing(tmp_path, pretrain_reference, exports, delay):
+    out, killed = kill_reexport(tmp_path, pretrain_reference, exports,
+                                kill_at=f"savedmodel:1:{delay}")
     assert killed.returncode == 0 or killed.killed, killed.describe()
     assert judge(out, exports) in (("ckpt-12",) if killed.returncode == 0
                                    else ("ckpt-4", "ckpt-12"))

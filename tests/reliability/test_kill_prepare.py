@@ -142,23 +142,40 @@ def test_overwrite_removes_what_a_killed_prepare_left(tmp_path, raw_phantoms):
     assert sorted(p.name for p in out.iterdir()) == visible(out)
 
 
+# From the process start (most of it TensorFlow's import), or from a random case on.
 _RNG = random.Random(12)
-RANDOM_KILLS = sorted(_RNG.uniform(0.5, 7.0) for _ in range(5))
+RANDOM_KILLS = sorted(_RNG.uniform(0.5, 3.5) for _ in range(3))
+RANDOM_CASES = sorted((_RNG.randint(1, 6), round(_RNG.uniform(0, 0.01), 4)) for _ in range(4))
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("seconds", RANDOM_KILLS, ids=[f"{s:.1f}s" for s in RANDOM_KILLS])
 def test_sigkill_at_a_random_moment(tmp_path, raw_phantoms, prepare_reference, seconds):
-    out = tmp_path / "prepared"
-    killed = prepare(raw_phantoms, out, tmp_path / "trace", kill_after=seconds)
+    killed = prepare(raw_phantoms, tmp_path / "prepared", tmp_path / "trace",
+                     kill_after=seconds)
+    judge_random(raw_phantoms, tmp_path / "prepared", prepare_reference, killed)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("case, delay", RANDOM_CASES, ids=[f"{k}+{d}s" for k, d in RANDOM_CASES])
+def test_sigkill_at_a_random_moment_of_writing(tmp_path, raw_phantoms, prepare_reference, case,
+                                               delay):
+    killed = prepare(raw_phantoms, tmp_path / "prepared", tmp_path / "trace",
+                     kill_at=f"tfrecord:{case}:{delay}")
+    judge_random(raw_phantoms, tmp_path / "prepared", prepare_reference, killed)
+
+
+def judge_random(raw_phantoms, out, prepare_reference, killed):
     if killed.returncode == 0:
         assert_same_prepared(out, prepare_reference)
         return
     assert killed.killed, killed.describe()
     if not out.exists() or not any(out.iterdir()):
         # killed before writing anything: a plain rerun prepares
-        assert invoke(["prepare", raw_phantoms, "--out", out, *PREPARE_ARGS]).returncode == 0
+        again = invoke(["prepare", raw_phantoms, "--out", out, *PREPARE_ARGS])
+        assert again.returncode == 0, again.describe()
         assert_same_prepared(out, prepare_reference)
         return
     rerun(raw_phantoms, out, prepare_reference, judge_killed(out, prepare_reference))

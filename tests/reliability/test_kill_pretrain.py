@@ -168,23 +168,39 @@ def test_sigkill_twice_in_a_row(tmp_path, pretrain_reference):
     judge_resumed(run, resume(run, tmp_path / "3.trace"), pretrain_reference, 8)
 
 
-# Seeded random moments from the process start to its end (TensorFlow's import included).
+# Seeded random moments: from the process start to its end (TensorFlow's import, which takes
+# most of the time, included), and within training: after a random step, a random delay on.
 _RNG = random.Random(11)
-RANDOM_KILLS = sorted(_RNG.uniform(0.05, 1.0) for _ in range(8))
+RANDOM_KILLS = sorted(_RNG.uniform(0.05, 1.0) for _ in range(4))
+RANDOM_STEPS = sorted((_RNG.randint(1, PRETRAIN_STEPS - 1), round(_RNG.uniform(0, 0.05), 3))
+                      for _ in range(8))
+
+
+def _judge_random(tmp_path, reference, killed):
+    run = tmp_path / "run"
+    if killed.returncode == 0:  # the kill came after the end: nothing to check but the result
+        judge_resumed(run, resume(run, tmp_path / "resumed.trace"), reference, PRETRAIN_STEPS)
+        return
+    assert killed.killed, killed.describe()
+    saved = judge_killed(run, killed)
+    judge_resumed(run, resume(run, tmp_path / "resumed.trace"), reference, saved)
 
 
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("share", RANDOM_KILLS, ids=[f"{s:.2f}" for s in RANDOM_KILLS])
 def test_sigkill_at_a_random_moment(tmp_path, pretrain_reference, share):
-    run = tmp_path / "run"
-    killed = start(run, tmp_path / "killed.trace", kill_after=share * pretrain_reference.seconds)
-    if killed.returncode == 0:  # the kill came after the end: nothing to check but the result
-        judge_resumed(run, resume(run, tmp_path / "resumed.trace"), pretrain_reference, 12)
-        return
-    assert killed.killed, killed.describe()
-    saved = judge_killed(run, killed)
-    judge_resumed(run, resume(run, tmp_path / "resumed.trace"), pretrain_reference, saved)
+    killed = start(tmp_path / "run", tmp_path / "killed.trace",
+                   kill_after=share * pretrain_reference.seconds)
+    _judge_random(tmp_path, pretrain_reference, killed)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize("step, delay", RANDOM_STEPS, ids=[f"{k}+{d}s" for k, d in RANDOM_STEPS])
+def test_sigkill_at_a_random_moment_of_training(tmp_path, pretrain_reference, step, delay):
+    killed = start(tmp_path / "run", tmp_path / "killed.trace", kill_at=f"step:{step}:{delay}")
+    _judge_random(tmp_path, pretrain_reference, killed)
 
 
 @pytest.mark.slow
