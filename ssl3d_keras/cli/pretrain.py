@@ -105,7 +105,7 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
 
     from ssl3d_keras.cli.main import show_library_log
     from ssl3d_keras.downstream.probe import pretrain_with_probe as run_pretrain
-    from ssl3d_keras.errors import ConfigError
+    from ssl3d_keras.errors import ConfigError, DataError
     from ssl3d_keras.training.assemble import assemble_config
     from ssl3d_keras.training.checkpoints import read_json
     from ssl3d_keras.training.rundir import RunDir
@@ -115,6 +115,10 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
     if steps is not None and epochs is not None:
         raise ConfigError("steps", "give --steps or --epochs, not both. "
                           f"Received: --steps {steps} --epochs {epochs}")
+    if resume and not run.is_run() and _is_chief():
+        raise DataError(out_dir, "nothing to resume: no config.json in this folder. Start the run "
+                        "without --resume, or point --out at the run to continue. "
+                        f"Received: --resume --out {out_dir}")
     if not resume and run.has_checkpoints():
         raise ConfigError("out", f"{out_dir} already holds a run with checkpoints; pass --resume "
                           "to continue it, or choose another --out folder. "
@@ -154,3 +158,11 @@ def pretrain(task, data_path, config_file, out_dir, steps, epochs, batch_size, i
         click.echo(f"Interrupted at step {summary['steps']}: saved {summary['latest_checkpoint']}. "
                    f"Resume with:\n  ssl3d pretrain {task} --out {out_dir} --resume")
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _is_chief():
+    # A non-chief worker of a multi-worker run keeps its run in OUT/workers/..., so
+    # OUT itself may hold nothing on its machine; the library checks that folder.
+    from ssl3d_keras.training.strategy import worker_role
+
+    return worker_role()[0]

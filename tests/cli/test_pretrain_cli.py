@@ -70,6 +70,8 @@ def test_config_file_overrides_and_2d(tmp_path):
     (["--set", "encoder_typo.depth=1"], "encoder_typo"),
     (["--set", "optimizer.lerning_rate=1"], "optimizer.lerning_rate"),
     (["--steps", "3", "--epochs", "2"], "not both"),
+    (["--resume"], "nothing to resume: no config.json in this folder. Start the run without "
+                   "--resume"),
 ])
 def test_bad_input_is_one_line_with_exit_2(tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["pretrain", "rotation", "--out", str(tmp_path / "r"),
