@@ -20,6 +20,7 @@ def collect_info():
     import tensorflow as tf
 
     from ssl3d_keras import __version__, tasks
+    from ssl3d_keras.training.config import PretrainConfig
     from ssl3d_keras.training.strategy import gpu_count, resolve_jit_compile, resolve_precision
 
     return {
@@ -35,6 +36,9 @@ def collect_info():
         "gpus": gpu_count(),
         "tasks": tasks.list_tasks(),
         "default_precision": resolve_precision("auto"),
+        # "auto" also reads the encoder: the paper's (the PretrainConfig default) may differ.
+        "default_precision_paper_encoder": resolve_precision(
+            "auto", encoder=PretrainConfig().encoder),
         "default_jit_compile": resolve_jit_compile("auto"),
         "mixed_precision_default": resolve_precision("auto") != "float32",
     }

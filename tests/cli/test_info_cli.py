@@ -27,3 +27,7 @@ def test_info_prints_versions_devices_tasks_and_defaults():
     gpu = bool(tf.config.list_physical_devices("GPU"))
     assert lines["default_jit_compile"] == str(gpu)
     assert lines["default_precision"] == ("mixed_float16" if gpu else "float32")
+    with open("/proc/cpuinfo") as f:
+        native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(f.read().split()))
+    paper = "mixed_float16" if gpu else ("mixed_bfloat16" if native_bf16 else "float32")
+    assert lines["default_precision_paper_encoder"] == paper
