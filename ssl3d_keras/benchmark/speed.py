@@ -309,13 +309,14 @@ def pipeline_only(*, task, size, batch_size, steps=10, volumes=8, encoder=None):
 
 
 def _pretrain_run(folder, *, task, size, batch_size, precision, encoder, steps=None, epochs=None,
-                  volumes=8, volume_size=None, log_every=10):
+                  volumes=8, volume_size=None, log_every=10, cache="auto"):
     from ssl3d_keras.training.loop import pretrain
 
     shards = _prepared_phantoms(os.path.join(folder, "shards"), volumes, volume_size or size + 16)
     config = {"task": task, "batch_size": batch_size, "precision": precision,
               "encoder": {} if encoder is None else encoder, "log_every": log_every,
-              "checkpoint_every": 1_000_000, "data": {"path": shards, "input_size": size}}
+              "checkpoint_every": 1_000_000,
+              "data": {"path": shards, "input_size": size, "cache": cache}}
     config.update({"steps": steps} if steps else {"epochs": epochs})
     started = time.perf_counter()
     summary = pretrain(config, os.path.join(folder, "run"), verbose=False)
@@ -346,6 +347,7 @@ def end_to_end(*, task, size, batch_size, precision="float32", steps=5, windows=
 def scaling(*, volumes, size=32, batch_size=8, encoder=None):
     """One epoch of rotation pretraining over `volumes` phantoms streamed from shards.
 
+    Streamed: `data.cache = false`, the setting for data larger than memory.
     The epoch is `ceil(volumes / batch_size)` steps (one crop per volume);
     `epoch_sec` is the training loop's own wall time (tracing of the first
     step included, the same for every size), `total_sec` adds building the
@@ -361,7 +363,7 @@ def scaling(*, volumes, size=32, batch_size=8, encoder=None):
                                          precision="float32",
                                          encoder=dict(QUICK_ENCODER) if encoder is None
                                          else encoder, steps=steps, volumes=volumes,
-                                         volume_size=size)
+                                         volume_size=size, cache=False)
     epoch = float(summary["wall_time_sec"])
     return {"volumes": volumes, "size": size, "batch_size": batch_size, "steps": steps,
             "epoch_sec": epoch, "total_sec": wall, "sec_per_volume": epoch / volumes}

@@ -153,7 +153,11 @@ class DataConfig:
         input_size: edge of the random crop given to the task (the task's input
             shape); None uses whole volumes (they must all have one shape).
         crops_per_volume: examples cut from each volume before the next one.
-        cache: keep decoded volumes in memory after the first pass.
+        cache: keep decoded volumes in memory after the first pass: True,
+            False (stream from the shards every epoch: memory stays flat however
+            large the data) or "auto" (the default: cache when the decoded data
+            fit in `CACHE_BUDGET_FRACTION` of this machine's memory, at most
+            `CACHE_BUDGET_MAX_BYTES`; see `training.run.resolve_cache`).
         shuffle_volumes: size of the volume shuffle buffer.
         service: `HOST:PORT` of a tf.data service dispatcher whose workers run
             the input pipeline (`ssl3d data-service`), or None to run it here.
@@ -175,7 +179,7 @@ class DataConfig:
     slice_axis: int = 0
     input_size: int | None = None
     crops_per_volume: int = 1
-    cache: bool = True
+    cache: bool | Literal["auto"] = "auto"
     shuffle_volumes: int = 64
     service: str | None = None
     service_sharding: Literal["dynamic", "off"] = "dynamic"

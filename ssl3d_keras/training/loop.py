@@ -244,6 +244,7 @@ def _distributed_dataset(config, task, strategy, start_step, run_id="run"):
     phantoms = {"n": data.phantoms.n, "size": data.phantoms.size,
                 "channels": data.phantoms.channels, "seed": data.phantoms.seed}
     crop = None if data.input_size is None else (data.input_size,) * data.dim
+    cache = run_lib.resolve_cache(config)
 
     def dataset_fn(context):
         per_replica = context.get_per_replica_batch_size(config.batch_size)
@@ -255,7 +256,7 @@ def _distributed_dataset(config, task, strategy, start_step, run_id="run"):
         batches = make_pipeline(volumes, partial(task.transform, training=True),
                                 batch_size=per_replica, seed=config.seed, crop_size=crop,
                                 crops_per_volume=data.crops_per_volume,
-                                shuffle_volumes=data.shuffle_volumes, cache=data.cache,
+                                shuffle_volumes=data.shuffle_volumes, cache=cache,
                                 start_batch=start_step * replicas_here, input_context=context)
         if data.service is None:
             return batches

@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import numbers
+import os
 from pathlib import Path
 
 from ssl3d_keras.config import KERAS_MODEL_KWARGS, check_choice, check_int, closest, from_dict
@@ -263,6 +264,58 @@ def _resolve_data(config):
 def _resolved(config):
     # Runs written before `data.resolved` existed read their data folder once more.
     return config.data.resolved or _resolve_data(config)
+
+
+# data.cache = "auto" caches the decoded volumes when they fit in this share of
+# the machine's memory, and never above the cap: 1000 volumes of 128^3 would
+# take 16 GB, far past what a cache should hold.
+CACHE_BUDGET_FRACTION = 0.25
+CACHE_BUDGET_MAX_BYTES = 4 * 2**30
+
+
+def decoded_bytes(config):
+    """Bytes the decoded volumes (float32 images, int32 labels) of a resolved config take."""
+    data = config.data
+    if data.prepared is None:
+        voxels = data.phantoms.n * data.phantoms.size ** data.dim
+        return voxels * 4 * (data.phantoms.channels + 1)
+    from ssl3d_keras.data.manifest import Manifest
+
+    manifest = Manifest.read(data.prepared)
+    voxels = sum(math.prod(shape) for shape in manifest.spatial_shapes())
+    return voxels * 4 * (manifest.channels + 1)
+
+
+def resolve_cache(config, *, memory_bytes=None):
+    """`data.cache` as a bool: "auto" caches when the decoded data fit the budget.
+
+    Args:
+        config: a resolved `PretrainConfig` (`data.prepared` filled in).
+        memory_bytes: the machine's physical memory; None reads it.
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> config = PretrainConfig()  # 16 phantoms of 64^3: 32 MB decoded
+    >>> resolve_cache(config, memory_bytes=8 * 2**30)
+    True
+    >>> resolve_cache(config, memory_bytes=2**20)
+    False
+    """
+    cache = config.data.cache
+    if cache != "auto":
+        return bool(cache)
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    budget = min(CACHE_BUDGET_FRACTION * memory_bytes, CACHE_BUDGET_MAX_BYTES)
+    size = decoded_bytes(config)
+    cached = size <= budget
+    logger.info("data.cache=auto: the decoded volumes take %.2f GB, %s the budget of %.2f GB: %s",
+                size / 1e9, "within" if cached else "above", budget / 1e9,
+                "cached in memory" if cached else "streamed from the shards every epoch")
+    return cached
 
 
 def examples_per_epoch(config):

@@ -81,7 +81,7 @@ RULES = {
     "data.slice_axis": one_of(0, 1, 2),
     "data.input_size": optional(lambda v: is_int(v, MIN_INPUT, PHANTOM_SIZE)),
     "data.crops_per_volume": count,
-    "data.cache": one_of(True, False),
+    "data.cache": one_of(True, False, "auto"),
     "data.shuffle_volumes": count,
     "data.include_unlabelled": one_of(True, False),
     # Which cases to hold out of a dataset; phantoms ignore it (with a warning).

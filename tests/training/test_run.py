@@ -57,3 +57,30 @@ def test_a_prepared_folder_without_the_selection_is_refused(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ssl3d_keras"):
         config = resolve_config({"data": {"holdout": {}}}, tmp_path / "run3", verbose=False)
     assert config.data.prepared is None and "the synthetic phantoms ignore them" in caplog.text
+
+
+def _prepared_manifest(folder, shapes, channels):
+    from ssl3d_keras.data.manifest import Manifest
+
+    Manifest(dim=3, channels=channels,
+             cases=[{"id": f"c{i}", "final_shape": list(s)} for i, s in enumerate(shapes)]
+             ).write(folder)
+    return str(folder)
+
+
+def test_cache_auto_caches_what_fits_and_streams_what_does_not(tmp_path):
+    from ssl3d_keras.training.config import PretrainConfig
+    from ssl3d_keras.training.run import decoded_bytes, resolve_cache
+
+    config = PretrainConfig()
+    config.data.prepared = _prepared_manifest(tmp_path / "big", [(128, 128, 128)] * 1000, 1)
+    # 1000 volumes of 128^3, float32 image and int32 label: 16 GiB, by hand.
+    assert decoded_bytes(config) == 1000 * 128**3 * 4 * 2
+    assert resolve_cache(config, memory_bytes=256 * 2**30) is False  # above the 4 GiB cap
+    config.data.prepared = _prepared_manifest(tmp_path / "small", [(64, 64, 64)] * 10, 2)
+    assert decoded_bytes(config) == 10 * 64**3 * 4 * 3
+    assert resolve_cache(config, memory_bytes=8 * 2**30) is True
+    assert resolve_cache(config, memory_bytes=2**24) is False  # a quarter of 16 MB is too little
+    for explicit in (True, False):
+        config.data.cache = explicit
+        assert resolve_cache(config, memory_bytes=2**24) is explicit
