@@ -225,6 +225,8 @@ def flat_rows(results):
         rows.extend(row["end_to_end"].values())
     rows.extend(results["scaling"])
     rows.extend({"kind": "workers", **w} for w in results.get("workers", []))
+    if results.get("inference"):
+        rows.append({"kind": "inference", **results["inference"]})
     return rows
 
 
@@ -273,6 +275,15 @@ def markdown_report(results):
         base = workers[0]["examples_per_sec"]
         lines += [f"| {w['workers']} | {w['batch_size']} | {_fmt(w['examples_per_sec'], '.1f')} | "
                   f"{_fmt(_ratio(w['examples_per_sec'], base), '.2f')} |" for w in workers]
+    inference = results.get("inference")
+    if inference:
+        lines += ["", "## Inference: whole volumes by sliding windows (encoder + U-Net decoder)", "",
+                  "| volume | window | overlap | windows per volume | s per volume | "
+                  "volumes/s | windows/s |", "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {inference['size']}^3 | {inference['window']}^3 | {inference['overlap']} | "
+                  f"{inference['windows']} | {_fmt(inference['median_volume_sec'], '.2f')} | "
+                  f"{_fmt(inference['volumes_per_sec'], '.3f')} | "
+                  f"{_fmt(inference['windows_per_sec'], '.1f')} |"]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for t in results.get("targets") or check_targets(results):
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]

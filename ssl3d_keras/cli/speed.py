@@ -30,7 +30,9 @@ def speed(tasks, sizes, batch_size, quick, out_dir):
     and mixed bfloat16); per task, the model-only step (FLOPs, GFLOP/s, model
     FLOP utilisation), the input pipeline alone and the end-to-end rate through
     pretraining, with peak memory; and one epoch over 10, 100 and 1000 phantoms
-    streamed from shards. Each measurement runs in its own process. The targets
+    streamed from shards; and sliding-window inference of the encoder with the
+    U-Net decoder over whole volumes. Each measurement runs in its own process
+    (inference in this one). The targets
     (docs/PERFORMANCE.md) are checked and printed at the end.
 
     Examples:
@@ -49,6 +51,13 @@ def speed(tasks, sizes, batch_size, quick, out_dir):
                      batch_size=batch_size, quick=quick)
     click.echo(f"Measuring {', '.join(plan.tasks)} (each measurement in its own process) ...")
     results = run_speed_suite(plan, echo=click.echo)
+    # Inference lives in the downstream room, above the benchmark's: it is added here.
+    from ssl3d_keras.downstream.throughput import sliding_window_throughput
+
+    settings = {"size": 32, "window": 16, "repeats": 1} if quick else {}
+    results["inference"] = sliding_window_throughput(encoder=plan.encoder, **settings)
+    click.echo(f"{'inference':<16} size={results['inference']['size']} "
+               f"volumes_per_sec={results['inference']['volumes_per_sec']:.3g}")
     paths = write_speed_report(results, out_dir)
     click.echo("")
     for target in results["targets"]:

@@ -100,7 +100,8 @@ def strategy_name(strategy):
 def resolve_jit_compile(value="auto"):
     """`True`/`False` for the config value; "auto" is on for GPU only.
 
-    XLA made 3D convolutions 7-14x slower on the CPUs we measured (README, "Speed on this machine").
+    XLA made 3D convolutions 6-14x slower on the CPUs we measured (docs/PERFORMANCE.md, "XLA on
+    this CPU").
     """
     if value == "auto":
         return gpu_count() > 0

@@ -118,6 +118,9 @@ def test_report_files_hold_every_measurement(tmp_path):
     results = _results()
     results["workers"] = [{"workers": 1, "batch_size": 8, "examples_per_sec": 60.0},
                           {"workers": 2, "batch_size": 8, "examples_per_sec": 24.0}]
+    results["inference"] = {"size": 128, "window": 64, "overlap": 0.5, "windows": 27,
+                            "median_volume_sec": 20.0, "volumes_per_sec": 0.05,
+                            "windows_per_sec": 1.35}
     results["targets"] = speed_suite.check_targets(results)
     paths = speed_suite.write_speed_report(copy.deepcopy(results), tmp_path)
     assert json.loads(open(paths["json"]).read())["ceiling"]["gflops"] == 400.0
@@ -127,6 +130,7 @@ def test_report_files_hold_every_measurement(tmp_path):
     assert "| rotation | 64^3 | 4 |" in markdown and "MFU" in markdown
     assert "50%" in markdown  # 200 achieved / 400 ceiling GFLOP/s
     assert "| 2 | 8 | 24.0 | 0.40 |" in markdown  # two loopback workers against one
+    assert "| 128^3 | 64^3 | 0.5 | 27 | 20.00 | 0.050 | 1.4 |" in markdown
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
