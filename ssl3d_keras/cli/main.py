@@ -105,10 +105,18 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         debug = ctx.params.get("debug")
-        formatwarning = warnings.formatwarning
-        if not debug:
-            # One plain line per warning for people at a terminal, not a source excerpt.
-            warnings.formatwarning = lambda message, *args, **kwargs: f"Warning: {message}\n"
+        with warnings.catch_warnings():
+            if not debug:
+                # One plain line per warning for people at a terminal, not a source
+                # excerpt; shown here whatever filters or recorders the host installed.
+                warnings.simplefilter("default")
+                for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                                 ResourceWarning):  # hidden by Python's own defaults too
+                    warnings.simplefilter("ignore", category)
+                warnings.showwarning = _show_warning
+            return self._invoke(ctx, debug)
+
+    def _invoke(self, ctx, debug):
         try:
             return super().invoke(ctx)
         except Ssl3dError as e:
@@ -124,8 +132,10 @@ class LazyGroup(click.Group):
             where = f"{e.filename}: " if e.filename else ""
             click.echo(f"Error: {where}{e.strerror or e}", err=True)
             sys.exit(1)
-        finally:
-            warnings.formatwarning = formatwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"Warning: {message}", err=True)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

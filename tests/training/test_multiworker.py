@@ -97,7 +97,7 @@ def _one_process_on_the_global_batches(config, out):
             volumes, functools.partial(task.transform, training=True),
             batch_size=resolved.batch_size // 2, seed=resolved.seed,
             crop_size=(data.input_size,) * 3, shuffle_volumes=data.shuffle_volumes,
-            cache=data.cache, input_context=context)))
+            cache=run_lib.resolve_cache(resolved), input_context=context)))
     losses = []
     for _ in range(resolved.steps):
         first, second = next(pipelines[0]), next(pipelines[1])
