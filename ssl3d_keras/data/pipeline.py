@@ -175,6 +175,11 @@ def make_pipeline(volumes, transform, *, batch_size, seed=0, crop_size=None, cro
     """
     check_int("batch_size", batch_size)
     check_int("crops_per_volume", crops_per_volume)
+    if isinstance(cache, str) and cache == "auto":
+        # "auto" is a config value resolved by the run; here it would name a cache file.
+        raise ConfigError("cache", "expected True, False or a file path; resolve the config "
+                          "value 'auto' first (ssl3d_keras.training.run.resolve_cache). "
+                          "Received: cache='auto'")
     if not isinstance(start_batch, (int, np.integer)) or start_batch < 0:
         raise ConfigError("start_batch", f"expected an int >= 0. Received: start_batch={start_batch!r}")
     rank = volumes.element_spec["image"].shape.rank

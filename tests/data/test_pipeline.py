@@ -201,3 +201,9 @@ def test_cases_smaller_than_the_crop_are_named():
     assert cases_smaller_than(manifest, (32, 32), dim=2, slice_axis=0) == ["thin"]
 
 
+def test_the_config_value_auto_is_not_taken_for_a_cache_file():
+    from ssl3d_keras.errors import ConfigError
+
+    volumes = phantom_volumes(2, size=16)
+    with pytest.raises(ConfigError, match="resolve the config value 'auto'"):
+        make_pipeline(volumes, None, batch_size=1, cache="auto")
