@@ -12,10 +12,11 @@ Example:
 True
 """
 
+import resource
 import statistics
 import time
 
-__all__ = ["current_rss_mb", "proc_status_mb", "reset_peak_rss", "training_memory"]
+__all__ = ["current_rss_mb", "peak_rss_mb", "proc_status_mb", "reset_peak_rss", "training_memory"]
 
 
 def proc_status_mb(key):
@@ -33,6 +34,16 @@ def proc_status_mb(key):
 def current_rss_mb():
     """Resident memory of this process now, in MiB (`VmRSS`; None where /proc is missing)."""
     return proc_status_mb("VmRSS")
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux's `VmHWM` belongs to this program alone; `ru_maxrss` (the fallback
+    elsewhere) survives `exec` and so also counts the parent it was forked from.
+    """
+    peak = proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
 
 
 def reset_peak_rss():

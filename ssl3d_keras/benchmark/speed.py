@@ -36,7 +36,6 @@ True
 import csv
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import time
 
 import numpy as np
 
-from ssl3d_keras.benchmark.memory import training_memory
+from ssl3d_keras.benchmark.memory import peak_rss_mb, training_memory
 from ssl3d_keras.benchmark.precision import compare_precisions
 
 TASKS = ("rotation", "jigsaw", "rpl", "cpc", "exemplar")
@@ -61,22 +60,6 @@ PAPER_MIN_SIZE = {"rotation": 32, "exemplar": 32, "jigsaw": 105, "rpl": 105, "cp
 # A training step costs about three forward passes (the backward pass computes
 # gradients for activations and for weights, each about as costly as the forward).
 TRAINING_FLOPS_PER_FORWARD = 3
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process so far, in MiB.
-
-    Linux's `VmHWM` belongs to this program alone; `ru_maxrss` (the fallback
-    elsewhere) survives `exec` and so also counts the parent it was forked from.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --- what the hardware can do -------------------------------------------------------------

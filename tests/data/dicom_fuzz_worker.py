@@ -13,20 +13,17 @@ sane: finite voxels, finite non-singular affine, spacing its column norms and wi
 (any other exception), `noisy` (log lines or warnings), `insane`, `hang`, `crash`.
 """
 
-import json
 import logging
-import os
-import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
 
-from tests.data.nifti_fuzz_worker import peak_rss_mb
+from ssl3d_keras.benchmark.memory import peak_rss_mb
+from tests.data.fuzz_child import run_items, serve
 
 READERS = ("find_series", "load_series", "read_series_shape")
 FAILURES = ("traceback", "noisy", "insane", "hang", "crash")
-ROOT = Path(__file__).resolve().parents[2]
 _RANK = {"loaded": 0, "error": 1, "noisy": 2, "insane": 3, "traceback": 4}
 
 
@@ -135,61 +132,10 @@ def _insane(vol, shape):
 
 def run_folders(folders, *, address_space_gb=2.0, timeout=30.0):
     """Classify `folders` in child processes; returns one dict per folder (in order)."""
-    folders = [str(p) for p in folders]
-    results = []
-    while len(results) < len(folders):
-        todo = folders[len(results):]
-        command = [sys.executable, "-m", "tests.data.dicom_fuzz_worker", str(address_space_gb)]
-        env = {**os.environ, "DICOM_FUZZ_TIMEOUT": str(timeout)}
-        try:
-            # The child's own alarm catches a hang in Python; this one a hang in C code.
-            proc = subprocess.run(command, input="\n".join(todo), capture_output=True,
-                                  text=True, cwd=ROOT, env=env,
-                                  timeout=30 + 2 * timeout + 5 * len(todo))
-            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            stdout, stderr, code = _text(e.stdout), "TIMEOUT " + _text(e.stderr), -9
-        done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        results.extend(done)
-        if len(done) < len(todo):  # the child died on the next folder
-            kind = "hang" if "TIMEOUT" in stderr else "crash"
-            failed = {"path": todo[len(done)], "seconds": None, "maxrss_mb": None, "series": 0,
-                      "detail": {"all": f"exit {code}: {stderr[-300:]}"}}
-            failed.update({reader: kind for reader in READERS})
-            results.append(failed)
-    return results
-
-
-def _text(output):
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
-
-
-def _child(address_space_gb):
-    import resource
-    import signal
-
-    limit = int(address_space_gb * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    timeout = float(os.environ.get("DICOM_FUZZ_TIMEOUT", "30"))
-
-    def on_alarm(signum, frame):
-        sys.stderr.write("TIMEOUT\n")
-        sys.stderr.flush()
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    for line in sys.stdin:
-        folder = line.strip()
-        if not folder:
-            continue
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        result = classify(folder)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+    return run_items("tests.data.dicom_fuzz_worker", folders, READERS,
+                     address_space_gb=address_space_gb, timeout=timeout,
+                     timeout_env="DICOM_FUZZ_TIMEOUT", failed_extra={"series": 0})
 
 
 if __name__ == "__main__":
-    _child(float(sys.argv[1]))
+    serve(classify, float(sys.argv[1]), "DICOM_FUZZ_TIMEOUT", 30)

@@ -13,19 +13,16 @@ finite affine, positive spacing, shape matching the header), `error` (one-line
 warnings), `insane` (loaded but the volume breaks an invariant), `hang`, `crash`.
 """
 
-import json
 import logging
-import os
-import resource
-import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
+
+from ssl3d_keras.benchmark.memory import peak_rss_mb
+from tests.data.fuzz_child import run_items, serve
 
 READERS = ("load_nifti", "load_label", "read_header_shape")
 FAILURES = ("traceback", "noisy", "insane", "hang", "crash")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def classify(path):
@@ -73,23 +70,6 @@ def classify(path):
     return result
 
 
-def peak_rss_mb():
-    """Peak resident memory of this process since it started (exec), in MB.
-
-    `/proc/self/status` VmHWM, not `getrusage`: Linux keeps `ru_maxrss` across
-    `execve`, so a child forked from a large test process (TensorFlow loaded)
-    would report its parent's size.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _foreign(caught, path):
     """Warnings other than one clear line naming the file (a library's, or multi-line)."""
     return [w for w in caught
@@ -118,60 +98,10 @@ def _insane(np, reader, out):
 
 def run_corpus(paths, *, address_space_gb=3.0, timeout=60.0):
     """Classify `paths` in child processes; returns one dict per path (in order)."""
-    paths = [str(p) for p in paths]
-    results = []
-    while len(results) < len(paths):
-        todo = paths[len(results):]
-        command = [sys.executable, "-m", "tests.data.nifti_fuzz_worker", str(address_space_gb)]
-        env = {**os.environ, "NIFTI_FUZZ_TIMEOUT": str(timeout)}
-        try:
-            # The child's own alarm catches a hang in Python; this one a hang in C code.
-            proc = subprocess.run(command, input="\n".join(todo), capture_output=True,
-                                  text=True, cwd=ROOT, env=env,
-                                  timeout=30 + 2 * timeout + 5 * len(todo))
-            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            stdout, stderr, code = _text(e.stdout), "TIMEOUT " + _text(e.stderr), -9
-        done = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        results.extend(done)
-        if len(done) < len(todo):  # the child died on the next file
-            kind = "hang" if "TIMEOUT" in stderr else "crash"
-            failed = {"path": todo[len(done)], "seconds": None, "maxrss_mb": None,
-                      "detail": {"all": f"exit {code}: {stderr[-300:]}"}}
-            failed.update({reader: kind for reader in READERS})
-            results.append(failed)
-    return results
-
-
-def _text(output):
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
-
-
-def _child(address_space_gb):
-    import signal
-
-    limit = int(address_space_gb * (1 << 30))
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    timeout = float(os.environ.get("NIFTI_FUZZ_TIMEOUT", "60"))
-
-    def on_alarm(signum, frame):
-        sys.stderr.write("TIMEOUT\n")
-        sys.stderr.flush()
-        os._exit(3)
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    for line in sys.stdin:
-        path = line.strip()
-        if not path:
-            continue
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        result = classify(path)
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+    return run_items("tests.data.nifti_fuzz_worker", paths, READERS,
+                     address_space_gb=address_space_gb, timeout=timeout,
+                     timeout_env="NIFTI_FUZZ_TIMEOUT")
 
 
 if __name__ == "__main__":
-    _child(float(sys.argv[1]))
+    serve(classify, float(sys.argv[1]), "NIFTI_FUZZ_TIMEOUT", 60)

@@ -356,7 +356,7 @@ def _peak_rss_mb(code):
     import subprocess
     import sys
 
-    script = ("import json\nfrom tests.data.nifti_fuzz_worker import peak_rss_mb\n" + code +
+    script = ("import json\nfrom ssl3d_keras.benchmark.memory import peak_rss_mb\n" + code +
               "\nprint(json.dumps([result, peak_rss_mb()]))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
