@@ -409,31 +409,33 @@ def _values(value):
     return list(value)
 
 
-def _integer(ds, tag, path, default=None):
-    """An integer tag (US, IS) as an int; `default` when missing or empty."""
+def _single_value(ds, tag, path, integer=False):
+    """A tag holding one number, as a float (None when missing or empty)."""
     value = ds.get(tag)
     if value is None or value == "":
-        return default
+        return None
     try:
         (value,) = _values(value)
         number = float(value)
-        if number != int(number):
+        if integer and number != int(number):
             raise ValueError(f"{value!r} is not an integer")
     except (TypeError, ValueError, OverflowError) as e:
         raise DataError(path, f"has a malformed {tag} ({_describe(e)})") from None
-    return int(number)
+    return number
+
+
+def _integer(ds, tag, path, default=None):
+    """An integer tag (US, IS) as an int; `default` when missing or empty."""
+    number = _single_value(ds, tag, path, integer=True)
+    return default if number is None else int(number)
 
 
 def _number(ds, tag, path, default):
     """RescaleSlope/RescaleIntercept: one finite number (`default` when missing or empty)."""
-    value = ds.get(tag)
-    if value is None or value == "":
+    number = _single_value(ds, tag, path)
+    if number is None:
         return default
-    try:
-        (value,) = _values(value)
-        number = float(value)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise DataError(path, f"has a malformed {tag} ({_describe(e)})") from None
+    value = ds.get(tag)
     if not np.isfinite(number) or (tag == "RescaleSlope" and number == 0):
         raise DataError(path, f"{tag} must be a finite number{', not 0' * (tag == 'RescaleSlope')}"
                         f". Received {value}")
